@@ -1,0 +1,196 @@
+"""The configuration file: TOML in, frozen dataclasses out, every problem reported at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from ipwatch import schema
+from ipwatch.addresses import Family, IPNetwork
+from ipwatch.errors import ConfigError
+from ipwatch.schema import Duration, Network, Parser, PositiveInt
+from ipwatch.sources import BUILTIN_KINDS, kind_module
+
+DEFAULT_PATH = "/etc/ipwatch/ipwatch.toml"
+
+
+def parse_quorum(value: Any) -> int | Literal["majority"]:
+    if value == "majority":
+        return "majority"
+    try:
+        return schema.parse_positive_int(value)
+    except ValueError:
+        raise ValueError(f'expected "majority" or a whole number of at least 1, got {value!r}') from None
+
+
+Quorum = Annotated[int | Literal["majority"], Parser(parse_quorum)]
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: str
+    name: str
+    timeout: float
+    options: Any  # the kind module's Options dataclass
+
+
+@dataclass(frozen=True)
+class _SourceCommon:
+    kind: str
+    name: str | None = None
+    timeout: Duration = 2.0
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    kind: Literal["pjsip", "chan_sip"]
+    file: str
+    name: str | None = None
+    transports: tuple[str, ...] = ()
+    signaling: bool = True
+    media: bool = True
+
+
+@dataclass(frozen=True)
+class AmiConfig:
+    host: str = "127.0.0.1"
+    port: int = 5038
+    username: str = "ipwatch"
+    secret_file: str | None = None
+
+
+@dataclass(frozen=True)
+class AsteriskConfig:
+    control: Literal["ami", "console", "none"] = "ami"
+    apply: Literal["auto", "reload", "restart", "none"] = "auto"
+    drain: Duration = 900.0
+    verify: bool = True
+    ami: AmiConfig = field(default_factory=AmiConfig)
+    console_socket: str = "/var/run/asterisk/asterisk.ctl"
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    dir: str = "/etc/ipwatch/hooks.d"
+    timeout: Duration = 30.0
+
+
+_NOT_A_KEY = {"toml": False}
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str = field(default="", metadata=_NOT_A_KEY)
+    interval: Duration = 30.0
+    confirm: PositiveInt = 2
+    fast_confirm: Duration = 2.0
+    quorum: Quorum = "majority"
+    families: tuple[Family, ...] = ("ipv4",)
+    accept: tuple[Network, ...] = ()
+    source: tuple[SourceConfig, ...] = field(default=(), metadata=_NOT_A_KEY)
+    target: tuple[TargetConfig, ...] = ()
+    asterisk: AsteriskConfig = field(default_factory=AsteriskConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+
+    @property
+    def sources(self) -> tuple[SourceConfig, ...]:
+        return self.source
+
+    @property
+    def targets(self) -> tuple[TargetConfig, ...]:
+        return self.target
+
+    @property
+    def accept_networks(self) -> tuple[IPNetwork, ...]:
+        return self.accept
+
+
+def default_path() -> str:
+    return os.environ.get("IPWATCH_CONFIG") or DEFAULT_PATH
+
+
+def load(path: str) -> Config:
+    """Read and check the config file at `path`; raise ConfigError listing every problem."""
+    try:
+        with open(path, "rb") as file:
+            raw = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file; create it (see README) or pass -c PATH"]) from None
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot be read ({error.strerror}); check its permissions"]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"{path}: not valid TOML ({error}); fix the syntax there"]) from None
+    return parse(raw, path)
+
+
+def parse(raw: dict[str, Any], path: str = "<config>") -> Config:
+    """Check the TOML data `raw`; raise ConfigError with every problem, each naming `path`."""
+    errors: list[str] = []
+    sources = _parse_sources(raw.get("source", []), errors)
+    config = schema.build(Config, raw, "", errors, handled={"path": path, "source": sources}, also_allowed=("source",))
+    if config is not None:
+        _check_consistency(config, errors)
+    if errors:
+        raise ConfigError([f"{path}: {error}" for error in errors])
+    assert config is not None
+    return config
+
+
+def _parse_sources(raw: Any, errors: list[str]) -> tuple[SourceConfig, ...]:
+    if not isinstance(raw, list):
+        errors.append('source: expected [[source]] tables, each with a kind such as "stun"')
+        return ()
+    sources: list[SourceConfig] = []
+    per_kind: Counter[str] = Counter()
+    for index, table in enumerate(raw):
+        path = schema.join("source", index)
+        if not isinstance(table, dict):
+            errors.append(f"{path}: expected a table")
+            continue
+        kind = table.get("kind")
+        if kind not in BUILTIN_KINDS:
+            known = ", ".join(f'"{k}"' for k in BUILTIN_KINDS)
+            errors.append(f"{schema.join(path, 'kind')}: {kind!r} is not a source kind; use one of {known}")
+            continue
+        per_kind[kind] += 1
+        source = _parse_source(kind, table, path, per_kind[kind], errors)
+        if source is not None:
+            sources.append(source)
+    return tuple(sources)
+
+
+def _parse_source(kind: str, table: dict[str, Any], path: str, number: int, errors: list[str]) -> SourceConfig | None:
+    options_class = kind_module(kind).Options
+    option_keys = {f.name for f in dataclasses.fields(options_class)}
+    common = schema.build(
+        _SourceCommon,
+        {k: v for k, v in table.items() if k not in option_keys},
+        path,
+        errors,
+        also_allowed=tuple(option_keys),
+    )
+    options = schema.build(options_class, {k: v for k, v in table.items() if k in option_keys}, path, errors)
+    if common is None or options is None:
+        return None
+    return SourceConfig(kind, common.name or f"{kind}-{number}", common.timeout, options)
+
+
+def _check_consistency(config: Config, errors: list[str]) -> None:
+    if not config.sources and not errors:
+        errors.append('source: none configured; add at least one [[source]], e.g. kind = "stun"')
+    for name, count in Counter(s.name for s in config.sources).items():
+        if count > 1:
+            errors.append(f'source: the name "{name}" is used {count} times; give each source its own name')
+    if isinstance(config.quorum, int) and config.sources and config.quorum > len(config.sources):
+        errors.append(
+            f"quorum: {config.quorum} sources must agree but only {len(config.sources)} are configured;"
+            " lower quorum or add sources"
+        )
+    if not config.families:
+        errors.append('families: empty; list at least one of "ipv4", "ipv6"')
+    if len(set(config.families)) != len(config.families):
+        errors.append("families: a family is listed twice; list each once")

@@ -1,0 +1,32 @@
+"""The errors a user can act on; each carries one sentence and the exit status SPEC.md gives it."""
+
+from __future__ import annotations
+
+EX_USAGE = 64
+EX_CONFIG = 78
+
+
+class IpwatchError(Exception):
+    """An error with a one-sentence message meant for the user."""
+
+    exit_status = 1
+
+
+class ConfigError(IpwatchError):
+    """The configuration is invalid; `messages` holds every problem found, one line each."""
+
+    exit_status = EX_CONFIG
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = messages
+
+
+class SourceError(IpwatchError):
+    """A source could not give an address this time."""
+
+
+class StateError(IpwatchError):
+    """The state directory or file cannot be used."""
+
+    exit_status = 3

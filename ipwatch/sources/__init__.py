@@ -1,0 +1,32 @@
+"""Sources of the public address: one module per kind, all of the same shape.
+
+A kind's module has:
+- `Options`: a frozen dataclass of its own config keys (checked by ipwatch.schema), and
+- `ask(options, family, timeout) -> str`: ask once, return the address as text, or raise
+  SourceError with one sentence saying what went wrong.
+
+Modules import their heavy dependencies (dnspython) inside `ask`, so that loading the config or
+running `ipwatch status` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+BUILTIN_KINDS = {
+    "stun": "ipwatch.sources.stun",
+    "dns": "ipwatch.sources.dns",
+    "dns-echo": "ipwatch.sources.dns_echo",
+    "http": "ipwatch.sources.http",
+    "command": "ipwatch.sources.command",
+    "interface": "ipwatch.sources.interface",
+}
+
+# Kinds that report the address of this host or its router rather than what the Internet sees;
+# when they disagree with an outside source, the router sits behind another NAT (CGNAT).
+LOCAL_KINDS = frozenset({"interface", "natpmp", "upnp"})
+
+
+def kind_module(kind: str) -> ModuleType:
+    return importlib.import_module(BUILTIN_KINDS[kind])

@@ -1,0 +1,86 @@
+"""Helpers every test may use: real servers skip on a laptop but fail in CI, polling with deadlines."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+IN_CI = os.environ.get("CI") == "true"
+SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip with the reason on a developer's machine; in CI a missing server is a failure."""
+    if IN_CI:
+        pytest.fail(f"CI requires this: {reason}")
+    pytest.skip(reason)
+
+
+def need(program: str, package: str) -> str:
+    """Return the path of `program`, or skip/fail naming the Debian package that has it."""
+    found = shutil.which(program) or shutil.which(program, path=os.pathsep.join(SBIN_DIRS))
+    if found is None:
+        missing(f"{program} is not installed (apt-get install {package})")
+    return found
+
+
+def free_port(kind: socket.SocketKind = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
+    """A port that is free for both UDP and TCP right now on `host`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    while True:
+        with socket.socket(family, kind) as first:
+            first.bind((host, 0))
+            port = int(first.getsockname()[1])
+            other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
+            with socket.socket(family, other) as second:
+                try:
+                    second.bind((host, port))
+                except OSError:
+                    continue
+            return port
+
+
+def wait_until(probe: Callable[[], T | None], timeout: float, what: str, every: float = 0.02) -> T:
+    """Poll `probe` until it returns something other than None/False; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def run_ipwatch(
+    *args: str, config: Path | None = None, state_dir: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess, as a user would."""
+    command = [sys.executable, "-m", "ipwatch"]
+    if config is not None:
+        command += ["-c", str(config)]
+    if state_dir is not None:
+        command += ["--state-dir", str(state_dir)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPWATCH_")}
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
