@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections import Counter
@@ -194,3 +195,75 @@ def _check_consistency(config: Config, errors: list[str]) -> None:
         errors.append('families: empty; list at least one of "ipv4", "ipv6"')
     if len(set(config.families)) != len(config.families):
         errors.append("families: a family is listed twice; list each once")
+
+
+_SECRET_WORDS = ("secret", "password", "token", "passwd")
+MASK = "********"
+
+
+def render(config: Config) -> str:
+    """The effective config as TOML, defaults filled in and secrets masked (`config check`)."""
+    scalars, tables = _table_lines(config, "")
+    for source in config.sources:
+        common = {"kind": source.kind, "name": source.name, "timeout": schema.format_duration(source.timeout)}
+        option_scalars, option_tables = _table_lines(source.options, "source")
+        lines = [f"{key} = {_toml(value)}" for key, value in common.items()]
+        scalars += ["", "[[source]]", *lines, *option_scalars, *option_tables]
+    return "\n".join(scalars + tables).strip() + "\n"
+
+
+def _table_lines(table: Any, prefix: str) -> tuple[list[str], list[str]]:
+    """Return a table's `key = value` lines, and the lines of its sub-tables and arrays of tables."""
+    hints = schema.field_hints(type(table))
+    scalars: list[str] = []
+    tables: list[str] = []
+    for item in dataclasses.fields(table):
+        value = getattr(table, item.name)
+        header = f"{prefix}.{item.name}" if prefix else item.name
+        if not item.metadata.get("toml", True) or value is None:
+            continue
+        if dataclasses.is_dataclass(value):
+            tables += ["", f"[{header}]", *_joined(_table_lines(value, header))]
+        elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+            for element in value:
+                tables += ["", f"[[{header}]]", *_joined(_table_lines(element, header))]
+        else:
+            scalars.append(f"{item.name} = {_toml(_plain(item.name, value, hints[item.name]))}")
+    return scalars, tables
+
+
+def _joined(parts: tuple[list[str], list[str]]) -> list[str]:
+    return parts[0] + parts[1]
+
+
+def _plain(name: str, value: Any, hint: Any) -> Any:
+    if schema.is_duration(hint):
+        return schema.format_duration(value)
+    if isinstance(value, tuple):
+        return [_plain(name, item, Any) for item in value]
+    if isinstance(value, str) and any(word in name for word in _SECRET_WORDS) and not name.endswith("_file"):
+        return MASK
+    if isinstance(value, str):
+        return mask_url_password(value)
+    if isinstance(value, bool | int | float):
+        return value
+    return str(value)
+
+
+def mask_url_password(text: str) -> str:
+    """Hide the password of a URL's user:password@ part; other text is returned as it is."""
+    scheme, separator, rest = text.partition("://")
+    userinfo, at, host = rest.partition("@")
+    if not separator or not at or ":" not in userinfo or "/" in userinfo:
+        return text
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:{MASK}@{host}"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))

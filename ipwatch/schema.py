@@ -129,7 +129,8 @@ def parse_positive_int(value: Any) -> int:
     return value
 
 
-Duration = Annotated[float, Parser(parse_duration)]
+_DURATION_PARSER = Parser(parse_duration)
+Duration = Annotated[float, _DURATION_PARSER]
 Server = Annotated[HostPort, Parser(parse_host_port)]
 Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, Parser(parse_network)]
 PositiveInt = Annotated[int, Parser(parse_positive_int)]
@@ -153,7 +154,7 @@ def build(
         errors.append(f"{path or 'the file'}: expected a table, got {_describe(raw)}")
         return None
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(cls, include_extras=True)
+    hints = field_hints(cls)
     keys = [name for name, f in fields.items() if f.metadata.get("toml", True)]
     report_unknown_keys(raw, [*keys, *also_allowed], path, errors)
     values: dict[str, Any] = dict(handled or {})
@@ -172,6 +173,14 @@ def build(
     if failed:
         return None
     return cls(**values)
+
+
+def field_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def is_duration(hint: Any) -> bool:
+    return typing.get_origin(hint) is Annotated and _DURATION_PARSER in hint.__metadata__
 
 
 def report_unknown_keys(raw: Mapping[str, Any], allowed: list[str], path: str, errors: list[str]) -> None:

@@ -1,0 +1,227 @@
+"""The `ipwatch` command: arguments, exit statuses, human or JSON output. No logic of its own.
+
+Each command imports what it needs when it runs, so `ipwatch status` loads neither dnspython nor
+APScheduler and answers fast on a Raspberry Pi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from ipwatch import __version__
+from ipwatch.errors import EX_USAGE, IpwatchError
+
+if TYPE_CHECKING:
+    from ipwatch.config import Config
+
+EX_SOFTWARE = 70
+log = logging.getLogger("ipwatch")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """Bad usage exits 64 (EX_USAGE), not argparse's 2, which means "no confirmed address"."""
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ipwatch",
+        description="Keep Asterisk's public address right when the router's public IP changes.",
+        epilog="Exit statuses: see `ipwatch COMMAND --help`; 64 bad usage, 78 config error.",
+    )
+    parser.add_argument(
+        "-c", "--config", metavar="CONFIG", help="config file (default: $IPWATCH_CONFIG or /etc/ipwatch/ipwatch.toml)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="state directory (default: $IPWATCH_STATE_DIR, $STATE_DIRECTORY, else /var/lib/ipwatch)",
+    )
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="debug logs, tracebacks on errors")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument("--version", action="version", version=f"ipwatch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+
+    check = commands.add_parser(
+        "check",
+        help="observe, confirm and compare with the targets once",
+        description="Ask every source, confirm the address (`confirm` rounds, `fast_confirm` apart) and "
+        "compare it with the targets.",
+        epilog="Exit: 0 in sync, 1 drift found, 2 no confirmed address.",
+    )
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    check.set_defaults(handler=_check)
+
+    sources = commands.add_parser(
+        "sources",
+        help="ask each source once and show its answer (diagnosis)",
+        epilog="Exit: 0 if any source answered, 2 if none did.",
+    )
+    sources.add_argument("--json", action="store_true", help="print one JSON object")
+    sources.set_defaults(handler=_sources)
+
+    status = commands.add_parser(
+        "status",
+        help="show what the state file says (Nagios exit statuses)",
+        epilog="Exit: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(handler=_status, needs_config=False)
+
+    config = commands.add_parser("config", help="configuration commands")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    config_commands.add_parser(
+        "check",
+        help="validate the config and print it with defaults filled in and secrets masked",
+        epilog="Exit: 0 valid, 78 invalid.",
+    ).set_defaults(handler=_config_check)
+
+    demo = commands.add_parser(
+        "demo", help="a self-contained offline demonstration on loopback", epilog="Exit: 0."
+    )
+    demo.set_defaults(handler=_demo, needs_config=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        config = _load_config(args) if getattr(args, "needs_config", True) else None
+        handler: Callable[[argparse.Namespace, Config | None], int] = args.handler
+        return handler(args, config)
+    except IpwatchError as error:
+        for line in str(error).splitlines():
+            print(f"ipwatch: {line}", file=sys.stderr)
+        if args.verbose:
+            raise
+        return error.exit_status
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        if args.verbose:
+            raise
+        print(f"ipwatch: internal error ({type(error).__name__}: {error}); run with -v for details", file=sys.stderr)
+        return EX_SOFTWARE
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    # journald stamps each line itself; a second timestamp only makes lines longer.
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format=f"{stamp}%(levelname)s %(message)s", stream=sys.stderr)
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    from ipwatch import config
+
+    return config.load(args.config or config.default_path())
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    from ipwatch.state import default_dir
+
+    return Path(args.state_dir or default_dir())
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def _check(args: argparse.Namespace, config: Config | None) -> int:
+    from ipwatch import report, rounds
+    from ipwatch import state as state_file
+    from ipwatch.observe import observe
+
+    assert config is not None
+    state_dir = _state_dir(args)
+    saved = _load_state_or_warn(state_dir)
+    trackings = {family: rounds.tracking_from(saved, family) for family in config.families}
+    decisions = rounds.settle(config, trackings, observe)
+    state = saved or state_file.empty()
+    for family, decision in decisions.items():
+        state = state_file.record_round(state, family, rounds.summary(decision), _now())
+        if decision.changed:
+            log.info("%s %s -> %s (%s sources)", family, decision.previous or "-", decision.winner, decision.agreement)
+    try:
+        state_file.save_if_changed(state_dir, state, saved)
+    except IpwatchError as error:
+        log.warning("%s", error)
+    result = report.check_result(decisions, state)
+    print(json.dumps(result, indent=2) if args.json else report.format_check(result))
+    return report.check_exit_status(result)
+
+
+def _load_state_or_warn(state_dir: Path) -> dict[str, Any] | None:
+    from ipwatch import state as state_file
+
+    try:
+        return state_file.load(state_dir)
+    except IpwatchError as error:
+        log.warning("%s", error)
+        return None
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+def _sources(args: argparse.Namespace, config: Config | None) -> int:
+    from ipwatch import report, rounds
+    from ipwatch.decide import Tracking, decide
+    from ipwatch.observe import observe
+
+    assert config is not None
+    policy = rounds.policy_of(config)
+    decisions = {f: decide(f, observe(config.sources, f), Tracking(), policy) for f in config.families}
+    result = report.sources_result(decisions)
+    if args.json:
+        _print_json(result)
+    else:
+        print(report.format_sources_result(result))
+    return 0 if report.any_answered(result) else 2
+
+
+def _status(args: argparse.Namespace, config: Config | None) -> int:
+    from ipwatch import state as state_file
+    from ipwatch import status
+
+    state_dir = _state_dir(args)
+    try:
+        saved = state_file.load(state_dir)
+    except IpwatchError as error:
+        print(f"IPWATCH UNKNOWN - {error}")
+        return status.UNKNOWN
+    result = status.evaluate(saved, str(state_dir))
+    if args.json:
+        _print_json(result)
+    else:
+        print(status.format_status(result))
+    return int(result["exit"])
+
+
+def _config_check(args: argparse.Namespace, config: Config | None) -> int:
+    from ipwatch.config import render
+
+    assert config is not None
+    print(f"# {config.path}: valid")
+    print(render(config), end="")
+    return 0
+
+
+def _demo(args: argparse.Namespace, config: Config | None) -> int:
+    from ipwatch.demo import run_demo
+
+    return run_demo()

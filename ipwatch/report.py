@@ -1,0 +1,94 @@
+"""What `check` and `sources` print: the SPEC.md JSON object, or the same facts as aligned text."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+from ipwatch import state as state_file
+from ipwatch.addresses import FAMILIES, Family
+from ipwatch.decide import Decision
+from ipwatch.rounds import summary
+
+
+def check_result(decisions: Mapping[Family, Decision], state: state_file.State) -> dict[str, Any]:
+    """The `check --json` object: per family the address and each source, then the targets."""
+    result: dict[str, Any] = {family: None for family in FAMILIES}
+    for family, decision in decisions.items():
+        change = state_file.last_change(state, family)
+        previous = decision.previous or (change or {}).get("old")
+        result[family] = {**summary(decision), "previous": previous, "changed": decision.changed}
+    # Targets (the Asterisk files to keep in sync) join here; with none, nothing can drift.
+    result["targets"] = []
+    result["in_sync"] = True
+    result["asterisk"] = None
+    return result
+
+
+def check_exit_status(result: Mapping[str, Any]) -> int:
+    """SPEC.md: 0 in sync, 1 drift not applied, 2 no confirmed address."""
+    families = [result[f] for f in FAMILIES if result.get(f) is not None]
+    if not families or not all(f["confirmed"] for f in families):
+        return 2
+    return 0 if result["in_sync"] else 1
+
+
+def format_check(result: Mapping[str, Any]) -> str:
+    lines: list[str] = []
+    for family in FAMILIES:
+        entry = result.get(family)
+        if entry is not None:
+            lines += [_family_headline(family, entry), *format_sources(entry["sources"])]
+            if entry.get("hint"):
+                lines.append(f"  note: {entry['hint']}")
+    if not result["targets"]:
+        lines.append("targets: none configured (add [[target]] to keep Asterisk's files in sync)")
+    return "\n".join(lines)
+
+
+def _family_headline(family: str, entry: Mapping[str, Any]) -> str:
+    agreement = f"{entry['agreement']} sources agree"
+    if entry["confirmed"]:
+        moved = f", changed from {entry['previous']}" if entry.get("changed") and entry.get("previous") else ""
+        return f"{family} {entry['address']} confirmed ({agreement}{moved})"
+    if entry.get("candidate"):
+        return (
+            f"{family} not confirmed: {entry['candidate']} seen in {entry['candidate_rounds']} round(s)"
+            f" in a row ({agreement}); still using {entry['address'] or 'nothing'}"
+        )
+    return f"{family} not confirmed: no quorum ({agreement}); still using {entry['address'] or 'nothing'}"
+
+
+def format_sources(sources: list[Mapping[str, Any]]) -> list[str]:
+    width = max((len(s["name"]) for s in sources), default=0)
+    return [f"  {s['name']:<{width}}  {s['kind']:<9} {_verdict_text(s)}" for s in sources]
+
+
+def _verdict_text(source: Mapping[str, Any]) -> str:
+    latency = f"{source['latency_ms']:.1f} ms" if source.get("latency_ms") is not None else ""
+    if source.get("error"):
+        return f"{'-':<39} {latency:>9}  error: {source['error']}"
+    verdict = f"rejected: {source['rejected']}" if source.get("rejected") else ""
+    if not verdict:
+        verdict = "agrees" if source.get("agrees") else "disagrees"
+    return f"{source['address']:<39} {latency:>9}  {verdict}"
+
+
+def sources_result(decisions: Mapping[Family, Decision]) -> dict[str, Any]:
+    return {
+        family: ([asdict(v) for v in decisions[family].verdicts] if family in decisions else None)
+        for family in FAMILIES
+    }
+
+
+def any_answered(result: Mapping[str, Any]) -> bool:
+    return any(s["address"] is not None for f in FAMILIES for s in (result.get(f) or []))
+
+
+def format_sources_result(result: Mapping[str, Any]) -> str:
+    lines: list[str] = []
+    for family in FAMILIES:
+        if result.get(family) is not None:
+            lines += [family, *format_sources(result[family])]
+    return "\n".join(lines)

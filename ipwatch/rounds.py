@@ -1,0 +1,75 @@
+"""Rounds: observe every family, decide, and summarise — shared by `check` and the daemon.
+
+The I/O (asking sources, waiting between rounds) is passed in, so tests drive rounds with
+scripted observations and no sleeps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from ipwatch.addresses import Family
+from ipwatch.config import Config, SourceConfig
+from ipwatch.decide import Decision, Observation, Policy, Tracking, decide
+
+Observe = Callable[[Sequence[SourceConfig], Family], list[Observation]]
+Sleep = Callable[[float], None]
+
+
+def policy_of(config: Config) -> Policy:
+    return Policy(quorum=config.quorum, confirm=config.confirm, accept=config.accept)
+
+
+def tracking_from(state: Mapping[str, Any] | None, family: Family) -> Tracking:
+    """The tracking saved for `family`, or an empty one."""
+    entry = ((state or {}).get("families") or {}).get(family) or {}
+    return Tracking(
+        address=entry.get("address"),
+        candidate=entry.get("candidate"),
+        rounds=int(entry.get("candidate_rounds") or 0),
+    )
+
+
+def settle(
+    config: Config,
+    trackings: Mapping[Family, Tracking],
+    observe: Observe,
+    sleep: Sleep = time.sleep,
+) -> dict[Family, Decision]:
+    """Run up to `confirm` rounds, `fast_confirm` apart, until every family is confirmed.
+
+    Each family starts from its known address with no candidate, so `check` always confirms a
+    new address by itself instead of trusting a half-finished confirmation of an earlier run.
+    """
+    policy = policy_of(config)
+    unsettled = {family: Tracking(address=trackings[family].address) for family in config.families}
+    decisions: dict[Family, Decision] = {}
+    for number in range(config.confirm):
+        if number:
+            sleep(config.fast_confirm)
+        for family, tracking in list(unsettled.items()):
+            decision = decide(family, observe(config.sources, family), tracking, policy)
+            decisions[family] = decision
+            if decision.confirmed:
+                del unsettled[family]
+            else:
+                unsettled[family] = decision.tracking
+        if not unsettled:
+            break
+    return decisions
+
+
+def summary(decision: Decision) -> dict[str, Any]:
+    """One family's decision as plain data, as the state file and `--json` both show it."""
+    return {
+        "address": decision.tracking.address,
+        "confirmed": decision.confirmed,
+        "agreement": decision.agreement,
+        "candidate": decision.tracking.candidate,
+        "candidate_rounds": decision.tracking.rounds,
+        "hint": decision.hint,
+        "sources": [asdict(verdict) for verdict in decision.verdicts],
+    }

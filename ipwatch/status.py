@@ -1,0 +1,106 @@
+"""`ipwatch status`: read the state file and judge it the way a Nagios check does.
+
+Reads only the state file (json, os, time), so it answers in milliseconds and works whether or
+not the daemon runs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ipwatch.addresses import FAMILIES
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+LABELS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+
+
+def evaluate(state: dict[str, Any] | None, state_dir: str) -> dict[str, Any]:
+    """Return the `status --json` object: the state plus a verdict and the problems behind it."""
+    if state is None:
+        problem = f"no state in {state_dir} yet; run `ipwatch check` or start the daemon"
+        return {"status": LABELS[UNKNOWN], "exit": UNKNOWN, "problems": [problem], "daemon": None}
+    problems: list[tuple[int, str]] = []
+    families = state.get("families") or {}
+    for family in FAMILIES:
+        entry = families.get(family)
+        if entry is not None:
+            problems += _family_problems(family, entry)
+    problems += [(WARNING, f"pending: {action}") for action in state.get("pending") or []]
+    daemon = _daemon(state.get("daemon"))
+    if daemon is not None and not daemon["alive"]:
+        problems.append((WARNING, f"the daemon (pid {daemon['pid']}) is not running"))
+    level = max((level for level, _ in problems), default=OK)
+    return {
+        "status": LABELS[level],
+        "exit": level,
+        "problems": [text for _, text in problems],
+        **{family: families.get(family) for family in FAMILIES},
+        "changes": state.get("changes") or [],
+        "pending": state.get("pending") or [],
+        "daemon": daemon,
+        "updated": state.get("updated"),
+    }
+
+
+def _family_problems(family: str, entry: dict[str, Any]) -> list[tuple[int, str]]:
+    problems: list[tuple[int, str]] = []
+    if entry.get("address") is None:
+        problems.append((CRITICAL, f"{family}: no confirmed address"))
+    elif not entry.get("confirmed"):
+        what = f"candidate {entry['candidate']}" if entry.get("candidate") else "no quorum"
+        problems.append((WARNING, f"{family}: last round did not confirm {entry['address']} ({what})"))
+    for source in entry.get("sources") or []:
+        if source.get("error"):
+            problems.append((WARNING, f"{family}: source {source['name']} failed: {source['error']}"))
+        elif source.get("rejected"):
+            problems.append((WARNING, f"{family}: source {source['name']} rejected: {source['rejected']}"))
+    if entry.get("hint"):
+        problems.append((WARNING, f"{family}: {entry['hint']}"))
+    return problems
+
+
+def _daemon(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not recorded or not recorded.get("pid"):
+        return None
+    return {**recorded, "alive": _pid_alive(int(recorded["pid"]))}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def format_status(result: dict[str, Any]) -> str:
+    headline = f"IPWATCH {result['status']}"
+    lines = []
+    for family in FAMILIES:
+        entry = result.get(family)
+        if entry:
+            since = f" since {entry['since']}" if entry.get("since") else ""
+            lines.append(f"{family} {entry.get('address') or '-'} ({entry.get('agreement')} sources agree{since})")
+            lines += [f"  {s['name']}: {_source_text(s)}" for s in entry.get("sources") or []]
+    headline += " - " + (result["problems"][0] if result["problems"] else (lines[0] if lines else "no families"))
+    for change in (result.get("changes") or [])[-3:]:
+        lines.append(f"change: {change['family']} {change['old'] or '-'} -> {change['new']} at {change['at']}")
+    lines += [f"problem: {problem}" for problem in result["problems"]]
+    daemon = result.get("daemon")
+    if daemon:
+        lines.append(f"daemon: pid {daemon['pid']} {'running' if daemon['alive'] else 'not running'}")
+    else:
+        lines.append("daemon: not running (state written by `ipwatch check`)")
+    return "\n".join([headline, *lines])
+
+
+def _source_text(source: dict[str, Any]) -> str:
+    latency = f" ({source['latency_ms']:.1f} ms)" if source.get("latency_ms") is not None else ""
+    if source.get("error"):
+        return f"error: {source['error']}{latency}"
+    if source.get("rejected"):
+        return f"{source['address']} rejected: {source['rejected']}{latency}"
+    return f"{source['address']}{latency}"
