@@ -39,7 +39,7 @@ USERHASH = 0x001E
 XOR_MAPPED_ADDRESS = 0x0020
 FINGERPRINT = 0x8028
 
-# RFC 8489 §7.3.3: a success response with a comprehension-required attribute (below 0x8000)
+# RFC 8489 §6.3.3: a success response with a comprehension-required attribute (below 0x8000)
 # that the client does not understand fails the transaction. These are the ones RFC 8489
 # defines; the authentication ones are understood in the sense that a client which sent no
 # credentials has nothing to check them against (RFC 5769's vectors carry MESSAGE-INTEGRITY).
@@ -239,10 +239,9 @@ def _fingerprint(message: bytes) -> int:
 
 
 def _attributes(data: bytes) -> Iterable[tuple[int, bytes]]:
+    # `decode` has checked that the size is a multiple of 4, so every header here is whole.
     offset = HEADER_SIZE
     while offset < len(data):
-        if len(data) - offset < 4:
-            raise StunError(f"an attribute header is cut short at byte {offset}")
         kind, length = struct.unpack_from("!HH", data, offset)
         end = offset + 4 + length
         if end > len(data):
