@@ -71,7 +71,9 @@ def rejection(address: IPAddress, accept: Iterable[IPNetwork] = ()) -> str | Non
     return None
 
 
-def check_answer(text: str, family: Family, accept: Iterable[IPNetwork] = ()) -> tuple[str | None, str | None]:
+def check_answer(
+    text: str, family: Family, accept: Iterable[IPNetwork] = ()
+) -> tuple[str | None, str | None]:
     """Given a source's raw answer, return (normalised address, reason it is rejected or None)."""
     try:
         address = parse_address(text)

@@ -39,24 +39,31 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit statuses: see `ipwatch COMMAND --help`; 64 bad usage, 78 config error.",
     )
     parser.add_argument(
-        "-c", "--config", metavar="CONFIG", help="config file (default: $IPWATCH_CONFIG or /etc/ipwatch/ipwatch.toml)"
+        "-c",
+        "--config",
+        metavar="CONFIG",
+        help="config file (default: $IPWATCH_CONFIG or /etc/ipwatch/ipwatch.toml)",
     )
     parser.add_argument(
         "--state-dir",
         metavar="DIR",
-        help="state directory (default: $IPWATCH_STATE_DIR, $STATE_DIRECTORY, else /var/lib/ipwatch)",
+        help="state directory (default: $IPWATCH_STATE_DIR, $STATE_DIRECTORY, /var/lib/ipwatch)",
     )
     loudness = parser.add_mutually_exclusive_group()
-    loudness.add_argument("-v", "--verbose", action="store_true", help="debug logs, tracebacks on errors")
+    loudness.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logs, tracebacks on errors"
+    )
     loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     parser.add_argument("--version", action="version", version=f"ipwatch {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
 
     check = commands.add_parser(
         "check",
         help="observe, confirm and compare with the targets once",
-        description="Ask every source, confirm the address (`confirm` rounds, `fast_confirm` apart) and "
-        "compare it with the targets.",
+        description="Ask every source, confirm the address (`confirm` rounds, `fast_confirm` "
+        "apart) and compare it with the targets.",
         epilog="Exit: 0 in sync, 1 drift found, 2 no confirmed address.",
     )
     check.add_argument("--json", action="store_true", help="print one JSON object")
@@ -111,7 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if args.verbose:
             raise
-        print(f"ipwatch: internal error ({type(error).__name__}: {error}); run with -v for details", file=sys.stderr)
+        print(
+            f"ipwatch: internal error ({type(error).__name__}: {error}); run with -v for details",
+            file=sys.stderr,
+        )
         return EX_SOFTWARE
 
 
@@ -152,7 +162,13 @@ def _check(args: argparse.Namespace, config: Config | None) -> int:
     for family, decision in decisions.items():
         state = state_file.record_round(state, family, rounds.summary(decision), _now())
         if decision.changed:
-            log.info("%s %s -> %s (%s sources)", family, decision.previous or "-", decision.winner, decision.agreement)
+            log.info(
+                "%s %s -> %s (%s sources)",
+                family,
+                decision.previous or "-",
+                decision.winner,
+                decision.agreement,
+            )
     try:
         state_file.save_if_changed(state_dir, state, saved)
     except IpwatchError as error:
@@ -185,7 +201,9 @@ def _sources(args: argparse.Namespace, config: Config | None) -> int:
 
     assert config is not None
     policy = rounds.policy_of(config)
-    decisions = {f: decide(f, observe(config.sources, f), Tracking(), policy) for f in config.families}
+    decisions = {
+        f: decide(f, observe(config.sources, f), Tracking(), policy) for f in config.families
+    }
     result = report.sources_result(decisions)
     if args.json:
         _print_json(result)

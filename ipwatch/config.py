@@ -25,7 +25,9 @@ def parse_quorum(value: Any) -> int | Literal["majority"]:
     try:
         return schema.parse_positive_int(value)
     except ValueError:
-        raise ValueError(f'expected "majority" or a whole number of at least 1, got {value!r}') from None
+        raise ValueError(
+            f'expected "majority" or a whole number of at least 1, got {value!r}'
+        ) from None
 
 
 Quorum = Annotated[int | Literal["majority"], Parser(parse_quorum)]
@@ -120,9 +122,13 @@ def load(path: str) -> Config:
         with open(path, "rb") as file:
             raw = tomllib.load(file)
     except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file; create it (see README) or pass -c PATH"]) from None
+        raise ConfigError(
+            [f"{path}: no such file; create it (see README) or pass -c PATH"]
+        ) from None
     except OSError as error:
-        raise ConfigError([f"{path}: cannot be read ({error.strerror}); check its permissions"]) from None
+        raise ConfigError(
+            [f"{path}: cannot be read ({error.strerror}); check its permissions"]
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([f"{path}: not valid TOML ({error}); fix the syntax there"]) from None
     return parse(raw, path)
@@ -132,7 +138,9 @@ def parse(raw: dict[str, Any], path: str = "<config>") -> Config:
     """Check the TOML data `raw`; raise ConfigError with every problem, each naming `path`."""
     errors: list[str] = []
     sources = _parse_sources(raw.get("source", []), errors)
-    config = schema.build(Config, raw, "", errors, handled={"path": path, "source": sources}, also_allowed=("source",))
+    config = schema.build(
+        Config, raw, "", errors, handled={"path": path, "source": sources}, also_allowed=("source",)
+    )
     if config is not None:
         _check_consistency(config, errors)
     if errors:
@@ -155,7 +163,9 @@ def _parse_sources(raw: Any, errors: list[str]) -> tuple[SourceConfig, ...]:
         kind = table.get("kind")
         if kind not in BUILTIN_KINDS:
             known = ", ".join(f'"{k}"' for k in BUILTIN_KINDS)
-            errors.append(f"{schema.join(path, 'kind')}: {kind!r} is not a source kind; use one of {known}")
+            errors.append(
+                f"{schema.join(path, 'kind')}: {kind!r} is not a source kind; use one of {known}"
+            )
             continue
         per_kind[kind] += 1
         source = _parse_source(kind, table, path, per_kind[kind], errors)
@@ -164,7 +174,9 @@ def _parse_sources(raw: Any, errors: list[str]) -> tuple[SourceConfig, ...]:
     return tuple(sources)
 
 
-def _parse_source(kind: str, table: dict[str, Any], path: str, number: int, errors: list[str]) -> SourceConfig | None:
+def _parse_source(
+    kind: str, table: dict[str, Any], path: str, number: int, errors: list[str]
+) -> SourceConfig | None:
     options_class = kind_module(kind).Options
     option_keys = {f.name for f in dataclasses.fields(options_class)}
     common = schema.build(
@@ -174,7 +186,9 @@ def _parse_source(kind: str, table: dict[str, Any], path: str, number: int, erro
         errors,
         also_allowed=tuple(option_keys),
     )
-    options = schema.build(options_class, {k: v for k, v in table.items() if k in option_keys}, path, errors)
+    options = schema.build(
+        options_class, {k: v for k, v in table.items() if k in option_keys}, path, errors
+    )
     if common is None or options is None:
         return None
     return SourceConfig(kind, common.name or f"{kind}-{number}", common.timeout, options)
@@ -185,11 +199,13 @@ def _check_consistency(config: Config, errors: list[str]) -> None:
         errors.append('source: none configured; add at least one [[source]], e.g. kind = "stun"')
     for name, count in Counter(s.name for s in config.sources).items():
         if count > 1:
-            errors.append(f'source: the name "{name}" is used {count} times; give each source its own name')
+            errors.append(
+                f'source: the name "{name}" is used {count} times; give each source its own name'
+            )
     if isinstance(config.quorum, int) and config.sources and config.quorum > len(config.sources):
         errors.append(
-            f"quorum: {config.quorum} sources must agree but only {len(config.sources)} are configured;"
-            " lower quorum or add sources"
+            f"quorum: {config.quorum} sources must agree but only {len(config.sources)} are"
+            " configured; lower quorum or add sources"
         )
     if not config.families:
         errors.append('families: empty; list at least one of "ipv4", "ipv6"')
@@ -205,7 +221,11 @@ def render(config: Config) -> str:
     """The effective config as TOML, defaults filled in and secrets masked (`config check`)."""
     scalars, tables = _table_lines(config, "")
     for source in config.sources:
-        common = {"kind": source.kind, "name": source.name, "timeout": schema.format_duration(source.timeout)}
+        common = {
+            "kind": source.kind,
+            "name": source.name,
+            "timeout": schema.format_duration(source.timeout),
+        }
         option_scalars, option_tables = _table_lines(source.options, "source")
         lines = [f"{key} = {_toml(value)}" for key, value in common.items()]
         scalars += ["", "[[source]]", *lines, *option_scalars, *option_tables]
@@ -213,7 +233,7 @@ def render(config: Config) -> str:
 
 
 def _table_lines(table: Any, prefix: str) -> tuple[list[str], list[str]]:
-    """Return a table's `key = value` lines, and the lines of its sub-tables and arrays of tables."""
+    """Return a table's `key = value` lines, and those of its sub-tables and arrays of tables."""
     hints = schema.field_hints(type(table))
     scalars: list[str] = []
     tables: list[str] = []
@@ -224,7 +244,7 @@ def _table_lines(table: Any, prefix: str) -> tuple[list[str], list[str]]:
             continue
         if dataclasses.is_dataclass(value):
             tables += ["", f"[{header}]", *_joined(_table_lines(value, header))]
-        elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+        elif schema.is_table_list(hints[item.name]):
             for element in value:
                 tables += ["", f"[[{header}]]", *_joined(_table_lines(element, header))]
         else:
@@ -241,7 +261,11 @@ def _plain(name: str, value: Any, hint: Any) -> Any:
         return schema.format_duration(value)
     if isinstance(value, tuple):
         return [_plain(name, item, Any) for item in value]
-    if isinstance(value, str) and any(word in name for word in _SECRET_WORDS) and not name.endswith("_file"):
+    if (
+        isinstance(value, str)
+        and any(word in name for word in _SECRET_WORDS)
+        and not name.endswith("_file")
+    ):
         return MASK
     if isinstance(value, str):
         return mask_url_password(value)

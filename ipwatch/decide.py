@@ -39,7 +39,7 @@ class Observation:
 
 @dataclass(frozen=True)
 class Verdict:
-    """One source's answer after the address policy, and whether it agrees with the round's winner."""
+    """One source's answer after the address policy; `agrees` when it voted for the winner."""
 
     name: str
     kind: str
@@ -89,7 +89,9 @@ class Decision:
         return self.tracking.candidate is not None
 
 
-def decide(family: Family, observations: list[Observation], tracking: Tracking, policy: Policy) -> Decision:
+def decide(
+    family: Family, observations: list[Observation], tracking: Tracking, policy: Policy
+) -> Decision:
     """Given one round's observations and the tracking so far, return the round's decision."""
     judged = [_judge(o, family, policy.accept) for o in observations]
     winner, votes = _quorum_winner(judged, policy.quorum)
@@ -115,14 +117,18 @@ def _judge(observation: Observation, family: Family, accept: tuple[IPNetwork, ..
     error = observation.error
     if error is None and observation.answer is None:
         error = "no answer"
-    return Verdict(observation.name, observation.kind, address, observation.latency_ms, error, rejected, False)
+    return Verdict(
+        observation.name, observation.kind, address, observation.latency_ms, error, rejected, False
+    )
 
 
 def required_votes(quorum: int | Literal["majority"], acceptable: int) -> int:
     return acceptable // 2 + 1 if quorum == "majority" else quorum
 
 
-def _quorum_winner(verdicts: list[Verdict], quorum: int | Literal["majority"]) -> tuple[str | None, int]:
+def _quorum_winner(
+    verdicts: list[Verdict], quorum: int | Literal["majority"]
+) -> tuple[str | None, int]:
     """Return the address enough sources agree on (None on no quorum or a tie), and its votes."""
     counts = Counter(v.address for v in verdicts if v.acceptable)
     if not counts:
@@ -155,13 +161,15 @@ def _nat_hint(verdicts: tuple[Verdict, ...], winner: str | None) -> str | None:
         if verdict.kind not in LOCAL_KINDS or verdict.address in (None, winner):
             continue
         assert verdict.address is not None
-        seen = f"{verdict.name} ({verdict.kind}) reports {verdict.address} while {outside[0].name} sees {winner}"
+        seen = f"{verdict.name} ({verdict.kind}) reports {verdict.address}"
+        seen += f" while {outside[0].name} sees {winner}"
         if parse_address(verdict.address) in _CGNAT:
             return (
-                f"{seen}: your ISP uses carrier-grade NAT (100.64.0.0/10), so port forwarding on your"
-                " router alone will not reach Asterisk"
+                f"{seen}: your ISP uses carrier-grade NAT (100.64.0.0/10), so port forwarding"
+                " on your router alone will not reach Asterisk"
             )
         if verdict.kind in ROUTER_KINDS:
-            return f"{seen}: the router is behind another NAT, so port forwarding on it alone will not work"
+            return (
+                f"{seen}: the router is behind another NAT, so forwarding ports on it is not enough"
+            )
     return None
-

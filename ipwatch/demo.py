@@ -62,7 +62,8 @@ def run_demo() -> int:
     say(
         "",
         f"Result: {tracking.address}, with {step.changes} confirmed changes in 7 rounds. Next:",
-        "`ipwatch check` runs the same rounds against your sources; `ipwatch sources` shows each answer.",
+        "`ipwatch check` runs the same rounds against your sources;",
+        "`ipwatch sources` shows what each source answers.",
     )
     return 0
 
@@ -75,8 +76,15 @@ class _Stepper:
         self.changes = 0
 
     def round(self, tracking: Tracking, title: str) -> Tracking:
-        decision = decide("ipv4", observe(self.config.sources, "ipv4"), tracking, policy_of(self.config))
-        say("", title, *format_sources(summary(decision)["sources"]), f"  decide: {explain(decision, self.config.confirm)}")
+        decision = decide(
+            "ipv4", observe(self.config.sources, "ipv4"), tracking, policy_of(self.config)
+        )
+        say(
+            "",
+            title,
+            *format_sources(summary(decision)["sources"]),
+            f"  decide: {explain(decision, self.config.confirm)}",
+        )
         self.changes += decision.changed
         return decision.tracking
 
@@ -87,10 +95,12 @@ def explain(decision: Decision, confirm: int) -> str:
     if decision.winner is None:
         return f"no quorum ({decision.agreement} agree); keeping {tracking.address or 'nothing'}"
     if decision.changed:
-        return f"ipv4 {decision.previous or '-'} -> {tracking.address} confirmed ({decision.agreement} sources)"
+        before = decision.previous or "no address yet"
+        return f"ipv4 {before} -> {tracking.address} confirmed ({decision.agreement} sources)"
     if decision.confirmed:
         return f"{tracking.address} confirmed again ({decision.agreement} sources); nothing to do"
-    return f"{tracking.candidate} has a quorum ({decision.agreement}); candidate, round {tracking.rounds} of {confirm}"
+    quorum = f"{tracking.candidate} has a quorum ({decision.agreement})"
+    return f"{quorum}; candidate, round {tracking.rounds} of {confirm}"
 
 
 def say(*lines: str) -> None:
@@ -114,4 +124,6 @@ def _demo_config(servers: list[StunResponder]) -> Config:
         {"kind": "stun", "name": name, "servers": [f"127.0.0.1:{server.port}"], "timeout": "1s"}
         for name, server in zip(names, servers, strict=True)
     ]
-    return config_module.parse({"confirm": 2, "accept": ["203.0.113.0/24"], "source": sources}, "<demo>")
+    return config_module.parse(
+        {"confirm": 2, "accept": ["203.0.113.0/24"], "source": sources}, "<demo>"
+    )

@@ -9,10 +9,10 @@ from pathlib import Path
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data`: temp file in the same directory, fsync, rename, fsync the directory.
+    """Replace `path` with `data`: temp file in the same directory, fsync, rename, fsync directory.
 
     The rename is atomic only within one file system, hence the temp file beside the target; the
-    directory fsync makes the rename itself survive a power cut (an SD card on a Pi loses it otherwise).
+    directory fsync makes the rename itself survive a power cut (an SD card loses it otherwise).
     """
     directory = path.parent
     descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)

@@ -50,14 +50,20 @@ def format_check(result: Mapping[str, Any]) -> str:
 def _family_headline(family: str, entry: Mapping[str, Any]) -> str:
     agreement = f"{entry['agreement']} sources agree"
     if entry["confirmed"]:
-        moved = f", changed from {entry['previous']}" if entry.get("changed") and entry.get("previous") else ""
+        moved = (
+            f", changed from {entry['previous']}"
+            if entry.get("changed") and entry.get("previous")
+            else ""
+        )
         return f"{family} {entry['address']} confirmed ({agreement}{moved})"
     if entry.get("candidate"):
         return (
-            f"{family} not confirmed: {entry['candidate']} seen in {entry['candidate_rounds']} round(s)"
+            f"{family} not confirmed: {entry['candidate']} seen in"
+            f" {entry['candidate_rounds']} round(s)"
             f" in a row ({agreement}); still using {entry['address'] or 'nothing'}"
         )
-    return f"{family} not confirmed: no quorum ({agreement}); still using {entry['address'] or 'nothing'}"
+    using = entry["address"] or "nothing"
+    return f"{family} not confirmed: no quorum ({agreement}); still using {using}"
 
 
 def format_sources(sources: list[Mapping[str, Any]]) -> list[str]:

@@ -29,6 +29,11 @@ class Parser:
     convert: Callable[[Any], Any]
 
 
+@dataclass(frozen=True)
+class NonEmpty:
+    """Marks a list that must hold at least one item: `Annotated[tuple[X, ...], NonEmpty()]`."""
+
+
 def join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
@@ -105,7 +110,9 @@ def _require_ipv6(host: str, text: str) -> None:
     try:
         ipaddress.IPv6Address(host)
     except ValueError:
-        raise ValueError(f'{text!r} is not an IPv6 address; write IPv6 servers as "[addr]:port"') from None
+        raise ValueError(
+            f'{text!r} is not an IPv6 address; write IPv6 servers as "[addr]:port"'
+        ) from None
 
 
 def _parse_port(port_text: str, text: str) -> int:
@@ -134,6 +141,7 @@ Duration = Annotated[float, _DURATION_PARSER]
 Server = Annotated[HostPort, Parser(parse_host_port)]
 Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, Parser(parse_network)]
 PositiveInt = Annotated[int, Parser(parse_positive_int)]
+Servers = Annotated[tuple[Server, ...], NonEmpty()]
 
 
 def build(
@@ -163,7 +171,10 @@ def build(
         if name in values:
             continue
         if name not in raw:
-            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            if (
+                field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING
+            ):
                 errors.append(f"{join(path, name)}: missing; this key is required")
                 failed = True
             continue
@@ -172,7 +183,12 @@ def build(
         failed |= len(errors) > before
     if failed:
         return None
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as error:
+        # A dataclass's __post_init__ checks rules that span keys ("provider or server, not both").
+        errors.append(f"{path or 'the file'}: {error}")
+        return None
 
 
 def field_hints(cls: type) -> dict[str, Any]:
@@ -183,12 +199,16 @@ def is_duration(hint: Any) -> bool:
     return typing.get_origin(hint) is Annotated and _DURATION_PARSER in hint.__metadata__
 
 
-def report_unknown_keys(raw: Mapping[str, Any], allowed: list[str], path: str, errors: list[str]) -> None:
+def report_unknown_keys(
+    raw: Mapping[str, Any], allowed: list[str], path: str, errors: list[str]
+) -> None:
     for key in raw:
         if key in allowed:
             continue
         close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-        hint = f'did you mean "{close[0]}"?' if close else f"known keys: {', '.join(sorted(allowed))}"
+        hint = (
+            f'did you mean "{close[0]}"?' if close else f"known keys: {', '.join(sorted(allowed))}"
+        )
         errors.append(f"{join(path, key)}: unknown key; {hint}")
 
 
@@ -196,12 +216,7 @@ def convert(hint: Any, value: Any, path: str, errors: list[str]) -> Any:
     """Check or convert one value against a type hint, appending an error when it does not fit."""
     origin = typing.get_origin(hint)
     if origin is Annotated:
-        parser = next(m for m in hint.__metadata__ if isinstance(m, Parser))
-        try:
-            return parser.convert(value)
-        except ValueError as error:
-            errors.append(f"{path}: {error}")
-            return None
+        return _convert_annotated(hint, value, path, errors)
     if dataclasses.is_dataclass(hint):
         return build(hint, value, path, errors)  # type: ignore[arg-type]
     if origin is Literal:
@@ -222,7 +237,29 @@ def convert(hint: Any, value: Any, path: str, errors: list[str]) -> Any:
     return None
 
 
-def _convert_list(item_hint: Any, value: Any, path: str, errors: list[str]) -> tuple[Any, ...] | None:
+def _convert_annotated(hint: Any, value: Any, path: str, errors: list[str]) -> Any:
+    metadata = hint.__metadata__
+    if NonEmpty() in metadata:
+        if value == []:
+            errors.append(f"{path}: empty; list at least one")
+            return None
+        return convert(typing.get_args(hint)[0], value, path, errors)
+    parser = next(m for m in metadata if isinstance(m, Parser))
+    try:
+        return parser.convert(value)
+    except ValueError as error:
+        errors.append(f"{path}: {error}")
+        return None
+
+
+def is_table_list(hint: Any) -> bool:
+    """True for `tuple[SomeDataclass, ...]`: a TOML array of tables such as [[target]]."""
+    return typing.get_origin(hint) is tuple and dataclasses.is_dataclass(typing.get_args(hint)[0])
+
+
+def _convert_list(
+    item_hint: Any, value: Any, path: str, errors: list[str]
+) -> tuple[Any, ...] | None:
     if not isinstance(value, list):
         errors.append(f"{path}: expected a list like [...], got {_describe(value)}")
         return None

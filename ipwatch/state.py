@@ -49,11 +49,15 @@ def load(state_dir: Path) -> State | None:
     except FileNotFoundError:
         return None
     except OSError as error:
-        raise StateError(f"{path}: cannot be read ({error.strerror}); check its permissions") from None
+        raise StateError(
+            f"{path}: cannot be read ({error.strerror}); check its permissions"
+        ) from None
     try:
         state = json.loads(text)
     except ValueError:
-        raise StateError(f"{path}: is not valid JSON; move it away and run `ipwatch check` again") from None
+        raise StateError(
+            f"{path}: is not valid JSON; move it away and run `ipwatch check` again"
+        ) from None
     if not isinstance(state, dict) or state.get("version") != FORMAT_VERSION:
         raise StateError(f"{path}: unknown format; move it away and run `ipwatch check` again")
     return state
@@ -70,10 +74,13 @@ def save_if_changed(state_dir: Path, state: State, saved: State | None) -> bool:
     stamped = dict(state, updated=_timestamp(time.time()))
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, (json.dumps(stamped, indent=2, sort_keys=True) + "\n").encode(), mode=0o640)
+        write_atomic(
+            path, (json.dumps(stamped, indent=2, sort_keys=True) + "\n").encode(), mode=0o640
+        )
     except OSError as error:
         raise StateError(
-            f"{path}: cannot be written ({error.strerror}); pass --state-dir or fix the directory's permissions"
+            f"{path}: cannot be written ({error.strerror});"
+            " pass --state-dir or fix the directory's permissions"
         ) from None
     return True
 
@@ -88,7 +95,12 @@ def record_round(state: State, family: str, summary: dict[str, Any], now: float)
     entry["since"] = _timestamp(now) if changed else before.get("since")
     families[family] = entry
     if changed and entry.get("address") is not None:
-        change = {"family": family, "old": before.get("address"), "new": entry["address"], "at": _timestamp(now)}
+        change = {
+            "family": family,
+            "old": before.get("address"),
+            "new": entry["address"],
+            "at": _timestamp(now),
+        }
         updated["changes"] = [*updated.get("changes", []), change][-KEPT_CHANGES:]
     return updated
 

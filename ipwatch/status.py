@@ -49,12 +49,18 @@ def _family_problems(family: str, entry: dict[str, Any]) -> list[tuple[int, str]
         problems.append((CRITICAL, f"{family}: no confirmed address"))
     elif not entry.get("confirmed"):
         what = f"candidate {entry['candidate']}" if entry.get("candidate") else "no quorum"
-        problems.append((WARNING, f"{family}: last round did not confirm {entry['address']} ({what})"))
+        problems.append(
+            (WARNING, f"{family}: last round did not confirm {entry['address']} ({what})")
+        )
     for source in entry.get("sources") or []:
         if source.get("error"):
-            problems.append((WARNING, f"{family}: source {source['name']} failed: {source['error']}"))
+            problems.append(
+                (WARNING, f"{family}: source {source['name']} failed: {source['error']}")
+            )
         elif source.get("rejected"):
-            problems.append((WARNING, f"{family}: source {source['name']} rejected: {source['rejected']}"))
+            problems.append(
+                (WARNING, f"{family}: source {source['name']} rejected: {source['rejected']}")
+            )
     if entry.get("hint"):
         problems.append((WARNING, f"{family}: {entry['hint']}"))
     return problems
@@ -83,15 +89,25 @@ def format_status(result: dict[str, Any]) -> str:
         entry = result.get(family)
         if entry:
             since = f" since {entry['since']}" if entry.get("since") else ""
-            lines.append(f"{family} {entry.get('address') or '-'} ({entry.get('agreement')} sources agree{since})")
+            lines.append(
+                f"{family} {entry.get('address') or '-'}"
+                f" ({entry.get('agreement')} sources agree{since})"
+            )
             lines += [f"  {s['name']}: {_source_text(s)}" for s in entry.get("sources") or []]
-    headline += " - " + (result["problems"][0] if result["problems"] else (lines[0] if lines else "no families"))
+    headline += " - " + (
+        result["problems"][0] if result["problems"] else (lines[0] if lines else "no families")
+    )
     for change in (result.get("changes") or [])[-3:]:
-        lines.append(f"change: {change['family']} {change['old'] or '-'} -> {change['new']} at {change['at']}")
+        lines.append(
+            f"change: {change['family']} {change['old'] or '-'} -> {change['new']}"
+            f" at {change['at']}"
+        )
     lines += [f"problem: {problem}" for problem in result["problems"]]
     daemon = result.get("daemon")
     if daemon:
-        lines.append(f"daemon: pid {daemon['pid']} {'running' if daemon['alive'] else 'not running'}")
+        lines.append(
+            f"daemon: pid {daemon['pid']} {'running' if daemon['alive'] else 'not running'}"
+        )
     else:
         lines.append("daemon: not running (state written by `ipwatch check`)")
     return "\n".join([headline, *lines])

@@ -1,4 +1,4 @@
-"""Helpers every test may use: real servers skip on a laptop but fail in CI, polling with deadlines."""
+"""Helpers for every test: real servers skip on a laptop but fail in CI; polling with deadlines."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def free_port(kind: socket.SocketKind = socket.SOCK_DGRAM, host: str = "127.0.0.
 
 
 def wait_until(probe: Callable[[], T | None], timeout: float, what: str, every: float = 0.02) -> T:
-    """Poll `probe` until it returns something other than None/False; fail naming `what` at the deadline."""
+    """Poll `probe` until it returns something truthy; at the deadline fail naming `what`."""
     deadline = time.monotonic() + timeout
     while True:
         result = probe()

@@ -27,7 +27,12 @@ def problems(raw: dict[str, Any]) -> list[str]:
 
 def test_defaults_follow_the_spec() -> None:
     config = parse({"source": [STUN]})
-    assert (config.interval, config.confirm, config.fast_confirm, config.quorum) == (30.0, 2, 2.0, "majority")
+    assert (config.interval, config.confirm, config.fast_confirm, config.quorum) == (
+        30.0,
+        2,
+        2.0,
+        "majority",
+    )
     assert config.families == ("ipv4",) and config.accept == ()
     assert config.sources[0].name == "stun-1" and config.sources[0].timeout == 2.0
     assert config.sources[0].options.servers == (HostPort("stun.l.google.com", 19302),)
@@ -47,7 +52,10 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
             "confirm": 0,
             "fast_confirm": "2 seconds",
             "accept": ["198.51.100.0/33"],
-            "source": [STUN, {"kind": "stun", "servers": ["stun.example.org:99999"], "timout": "1s"}],
+            "source": [
+                STUN,
+                {"kind": "stun", "servers": ["stun.example.org:99999"], "timout": "1s"},
+            ],
             "asterisk": {"drain": 5},
         }
     )
@@ -71,16 +79,34 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
         ({"source": [{"kind": "stunn"}]}, "source[0].kind: 'stunn' is not a source kind"),
         ({"source": [{"kind": "stun"}]}, "source[0].servers: missing; this key is required"),
         ({"source": [STUN], "quorum": 3}, "quorum: 3 sources must agree but only 1 are configured"),
-        ({"source": [STUN], "quorum": "most"}, "quorum: expected \"majority\" or a whole number"),
-        ({"source": [STUN], "families": ["ipv5"]}, "families[0]: 'ipv5' is not one of 'ipv4', 'ipv6'"),
+        ({"source": [STUN], "quorum": "most"}, 'quorum: expected "majority" or a whole number'),
+        (
+            {"source": [STUN], "families": ["ipv5"]},
+            "families[0]: 'ipv5' is not one of 'ipv4', 'ipv6'",
+        ),
         ({"source": [STUN], "families": []}, "families: empty"),
         ({"source": [STUN, {**STUN, "name": "stun-1"}]}, 'the name "stun-1" is used 2 times'),
         ({"source": STUN}, "source: expected [[source]] tables"),
-        ({"source": [STUN], "asterisk": {"control": "ssh"}}, "asterisk.control: 'ssh' is not one of"),
-        ({"source": [STUN], "asterisk": {"ami": {"port": "5038"}}}, "asterisk.ami.port: expected a whole number"),
-        ({"source": [STUN], "target": [{"kind": "pjsip"}]}, "target[0].file: missing; this key is required"),
-        ({"source": [{**STUN, "servers": ["[::1"]}]}, "source[0].servers[0]: '[::1' is not \"[IPv6]:port\""),
-        ({"source": [{**STUN, "servers": "a:1"}]}, "source[0].servers: expected a list like [...], got a string"),
+        (
+            {"source": [STUN], "asterisk": {"control": "ssh"}},
+            "asterisk.control: 'ssh' is not one of",
+        ),
+        (
+            {"source": [STUN], "asterisk": {"ami": {"port": "5038"}}},
+            "asterisk.ami.port: expected a whole number",
+        ),
+        (
+            {"source": [STUN], "target": [{"kind": "pjsip"}]},
+            "target[0].file: missing; this key is required",
+        ),
+        (
+            {"source": [{**STUN, "servers": ["[::1"]}]},
+            "source[0].servers[0]: '[::1' is not \"[IPv6]:port\"",
+        ),
+        (
+            {"source": [{**STUN, "servers": "a:1"}]},
+            "source[0].servers: expected a list like [...], got a string",
+        ),
     ],
 )
 def test_bad_values_name_the_key(raw: dict[str, Any], expected: str) -> None:
@@ -92,7 +118,9 @@ def test_load_reports_missing_file_and_bad_toml(tmp_path: Path) -> None:
         load(str(tmp_path / "ipwatch.toml"))
     broken = tmp_path / "broken.toml"
     broken.write_text('interval = "30s\n')
-    with pytest.raises(ConfigError, match=r"broken.toml: not valid TOML \(.*line 1.*\); fix the syntax there"):
+    with pytest.raises(
+        ConfigError, match=r"broken.toml: not valid TOML \(.*line 1.*\); fix the syntax there"
+    ):
         load(str(broken))
 
 
@@ -140,7 +168,12 @@ def test_rendered_config_parses_back_to_the_same_config(
         "confirm": confirm,
         "families": families,
         "accept": accept,
-        "source": [{"kind": "stun", "servers": [f"[::1]:{p}" for p in ports] + [f"h.example:{p}" for p in ports]}],
+        "source": [
+            {
+                "kind": "stun",
+                "servers": [f"[::1]:{p}" for p in ports] + [f"h.example:{p}" for p in ports],
+            }
+        ],
     }
     config = parse(raw)
     assert parse(tomllib.loads(render(config))) == config
@@ -162,7 +195,7 @@ def test_host_port_forms(text: str, expected: HostPort) -> None:
 
 
 def test_config_path_is_not_a_key() -> None:
-    assert any('path: unknown key' in p for p in problems({"source": [STUN], "path": "/x"}))
+    assert any("path: unknown key" in p for p in problems({"source": [STUN], "path": "/x"}))
 
 
 def test_default_path_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

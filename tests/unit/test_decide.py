@@ -1,8 +1,9 @@
-"""The decision engine: policy, quorum, confirmation — pure, so tested over many generated rounds."""
+"""The decision engine: policy, quorum, confirmation; pure, so tested over generated rounds."""
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,7 +13,9 @@ from ipwatch.decide import Observation, Policy, Tracking, decide
 PUBLIC = ["8.8.8.8", "1.1.1.1", "9.9.9.9", "81.2.69.160"]
 
 
-def said(name: str, answer: str | None, kind: str = "stun", error: str | None = None) -> Observation:
+def said(
+    name: str, answer: str | None, kind: str = "stun", error: str | None = None
+) -> Observation:
     return Observation(name, kind, answer, 10.0, error)
 
 
@@ -31,12 +34,20 @@ def test_agreeing_sources_confirm_after_confirm_rounds() -> None:
 
 
 def test_change_reports_previous_address() -> None:
-    decision = decide("ipv4", round_of("1.1.1.1"), Tracking("8.8.8.8", "1.1.1.1", 1), Policy(confirm=2))
-    assert decision.changed and decision.previous == "8.8.8.8" and decision.tracking.address == "1.1.1.1"
+    decision = decide(
+        "ipv4", round_of("1.1.1.1"), Tracking("8.8.8.8", "1.1.1.1", 1), Policy(confirm=2)
+    )
+    assert (
+        decision.changed
+        and decision.previous == "8.8.8.8"
+        and decision.tracking.address == "1.1.1.1"
+    )
 
 
 def test_private_answer_is_rejected_and_does_not_count() -> None:
-    decision = decide("ipv4", round_of("8.8.8.8", "10.1.2.3", "8.8.8.8"), Tracking("8.8.8.8"), Policy())
+    decision = decide(
+        "ipv4", round_of("8.8.8.8", "10.1.2.3", "8.8.8.8"), Tracking("8.8.8.8"), Policy()
+    )
     rejected = {v.name: v.rejected for v in decision.verdicts}
     assert rejected == {"s0": None, "s1": "private address (RFC 1918)", "s2": None}
     assert decision.confirmed and decision.agreement == "2/3"
@@ -70,11 +81,15 @@ def test_round_without_quorum_breaks_the_confirmation_row() -> None:
 def test_integer_quorum_needs_that_many_agreeing_sources() -> None:
     policy = Policy(quorum=2, confirm=1)
     assert decide("ipv4", round_of("8.8.8.8", None, None), Tracking(), policy).winner is None
-    assert decide("ipv4", round_of("8.8.8.8", "8.8.8.8", None), Tracking(), policy).winner == "8.8.8.8"
+    assert (
+        decide("ipv4", round_of("8.8.8.8", "8.8.8.8", None), Tracking(), policy).winner == "8.8.8.8"
+    )
 
 
 def test_tie_has_no_winner_even_when_both_meet_an_integer_quorum() -> None:
-    decision = decide("ipv4", round_of("8.8.8.8", "8.8.8.8", "1.1.1.1", "1.1.1.1"), Tracking(), Policy(quorum=2))
+    decision = decide(
+        "ipv4", round_of("8.8.8.8", "8.8.8.8", "1.1.1.1", "1.1.1.1"), Tracking(), Policy(quorum=2)
+    )
     assert decision.winner is None
 
 
@@ -82,11 +97,19 @@ def test_cgnat_router_address_gives_a_hint() -> None:
     observations = [said("stun-1", "81.2.69.160"), said("router", "100.64.3.4", kind="natpmp")]
     decision = decide("ipv4", observations, Tracking("81.2.69.160"), Policy())
     assert decision.confirmed
-    assert decision.hint is not None and "carrier-grade NAT" in decision.hint and "100.64.3.4" in decision.hint
+    assert (
+        decision.hint is not None
+        and "carrier-grade NAT" in decision.hint
+        and "100.64.3.4" in decision.hint
+    )
 
 
 def test_router_behind_another_nat_gives_a_hint() -> None:
-    observations = [said("stun-1", "81.2.69.160"), said("stun-2", "81.2.69.160"), said("igd", "1.1.1.1", "upnp")]
+    observations = [
+        said("stun-1", "81.2.69.160"),
+        said("stun-2", "81.2.69.160"),
+        said("igd", "1.1.1.1", "upnp"),
+    ]
     decision = decide("ipv4", observations, Tracking("81.2.69.160"), Policy())
     assert decision.hint is not None and "behind another NAT" in decision.hint
 
@@ -99,11 +122,15 @@ def test_private_interface_address_is_no_nat_hint() -> None:
 # --- properties -----------------------------------------------------------------------------
 
 addresses = st.sampled_from(PUBLIC)
-rounds_of_answers = st.lists(st.lists(st.one_of(st.none(), addresses), min_size=1, max_size=5), max_size=40)
+rounds_of_answers = st.lists(
+    st.lists(st.one_of(st.none(), addresses), min_size=1, max_size=5), max_size=40
+)
 
 
 @given(rounds_of_answers, st.integers(min_value=1, max_value=4))
-def test_changes_are_at_least_a_confirmation_window_apart(rounds: list[list[str | None]], confirm: int) -> None:
+def test_changes_are_at_least_a_confirmation_window_apart(
+    rounds: list[list[str | None]], confirm: int
+) -> None:
     """A flapping sequence never yields two changes inside one confirmation window."""
     tracking, change_rounds = Tracking(), []
     for number, answers in enumerate(rounds):
@@ -111,7 +138,7 @@ def test_changes_are_at_least_a_confirmation_window_apart(rounds: list[list[str 
         if decision.changed:
             change_rounds.append(number)
         tracking = decision.tracking
-    assert all(later - earlier >= confirm for earlier, later in zip(change_rounds, change_rounds[1:], strict=False))
+    assert all(later - earlier >= confirm for earlier, later in itertools.pairwise(change_rounds))
 
 
 @given(
@@ -126,12 +153,19 @@ def test_a_lying_minority_never_wins(honest: int, liars: list[str], truth: str) 
     assert decision.winner == truth
 
 
-@given(st.lists(st.one_of(st.none(), addresses, st.just("10.0.0.1")), min_size=1, max_size=7), st.randoms())
-def test_the_result_does_not_depend_on_source_order(answers: list[str | None], random: object) -> None:
+@given(
+    st.lists(st.one_of(st.none(), addresses, st.just("10.0.0.1")), min_size=1, max_size=7),
+    st.randoms(),
+)
+def test_the_result_does_not_depend_on_source_order(
+    answers: list[str | None], random: object
+) -> None:
     observations = round_of(*answers)
     shuffled = list(observations)
     random.shuffle(shuffled)  # type: ignore[attr-defined]
     for policy in (Policy(confirm=1), Policy(quorum=2, confirm=1)):
         one, other = (decide("ipv4", o, Tracking(), policy) for o in (observations, shuffled))
         assert (one.winner, one.votes, one.tracking) == (other.winner, other.votes, other.tracking)
-        assert sorted(one.verdicts, key=lambda v: v.name) == sorted(other.verdicts, key=lambda v: v.name)
+        assert sorted(one.verdicts, key=lambda v: v.name) == sorted(
+            other.verdicts, key=lambda v: v.name
+        )

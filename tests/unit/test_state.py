@@ -15,10 +15,14 @@ from ipwatch.rounds import summary, tracking_from
 from ipwatch.status import CRITICAL, OK, UNKNOWN, WARNING, evaluate
 
 NOW = 1_800_000_000.0
+KNOWN = Tracking("81.2.69.160")
 
 
-def round_summary(address: str, latency: float, tracking: Tracking = Tracking("81.2.69.160")) -> dict[str, object]:
-    observations = [Observation("stun-1", "stun", address, latency), Observation("stun-2", "stun", address, latency)]
+def round_summary(address: str, latency: float, tracking: Tracking = KNOWN) -> dict[str, object]:
+    observations = [
+        Observation("stun-1", "stun", address, latency),
+        Observation("stun-2", "stun", address, latency),
+    ]
     return summary(decide("ipv4", observations, tracking, Policy(confirm=1)))
 
 
@@ -27,15 +31,27 @@ def test_writes_only_when_something_meaningful_changed(tmp_path: Path) -> None:
     saved = state_file.load(tmp_path)
     inodes = set()
     for round_number, (address, latency) in enumerate(
-        [("81.2.69.160", 10.0), ("81.2.69.160", 12.5), ("81.2.69.160", 9.1), ("1.1.1.1", 11.0), ("1.1.1.1", 3.0)]
+        [
+            ("81.2.69.160", 10.0),
+            ("81.2.69.160", 12.5),
+            ("81.2.69.160", 9.1),
+            ("1.1.1.1", 11.0),
+            ("1.1.1.1", 3.0),
+        ]
     ):
-        state = state_file.record_round(saved or state_file.empty(), "ipv4", round_summary(address, latency), NOW + round_number)
+        state = state_file.record_round(
+            saved or state_file.empty(), "ipv4", round_summary(address, latency), NOW + round_number
+        )
         writes += state_file.save_if_changed(tmp_path, state, saved)
         inodes.add(os.stat(tmp_path / "state.json").st_ino)
         saved = state_file.load(tmp_path)
     assert writes == 2  # the first round, and the change to 1.1.1.1; latencies alone write nothing
     assert len(inodes) == 2  # each write is a rename of a new file, never an in-place rewrite
-    assert [(c["old"], c["new"]) for c in saved["changes"]] == [(None, "81.2.69.160"), ("81.2.69.160", "1.1.1.1")]
+    assert saved is not None
+    assert [(c["old"], c["new"]) for c in saved["changes"]] == [
+        (None, "81.2.69.160"),
+        ("81.2.69.160", "1.1.1.1"),
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
 
 
@@ -71,9 +87,13 @@ def test_changes_are_bounded() -> None:
 
 def test_status_levels(tmp_path: Path) -> None:
     assert evaluate(None, str(tmp_path))["exit"] == UNKNOWN
-    healthy = state_file.record_round(state_file.empty(), "ipv4", round_summary("81.2.69.160", 4.0), NOW)
+    healthy = state_file.record_round(
+        state_file.empty(), "ipv4", round_summary("81.2.69.160", 4.0), NOW
+    )
     assert evaluate(healthy, str(tmp_path))["exit"] == OK
-    lost = state_file.record_round(state_file.empty(), "ipv4", round_summary("10.0.0.1", 4.0, Tracking()), NOW)
+    lost = state_file.record_round(
+        state_file.empty(), "ipv4", round_summary("10.0.0.1", 4.0, Tracking()), NOW
+    )
     assert evaluate(lost, str(tmp_path))["exit"] == CRITICAL
     dead_daemon = dict(healthy, daemon={"pid": 2**22 + 1})
     result = evaluate(dead_daemon, str(tmp_path))
