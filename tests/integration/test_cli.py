@@ -1,0 +1,262 @@
+"""The `ipwatch` command end to end, as a user runs it, against real servers on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ipwatch.stun_responder import StunResponder
+from tests.peers.bind9 import DDNS_ZONE, Bind9
+from tests.support import run_ipwatch
+
+PUBLIC = "198.51.100.20"  # what bind9 serves for pbx.ddns.test (a documentation range)
+
+
+@pytest.fixture
+def responders() -> Iterator[list[StunResponder]]:
+    with (
+        StunResponder(answer=PUBLIC) as one,
+        StunResponder(answer=PUBLIC) as two,
+        StunResponder(answer="10.1.2.3") as liar,
+    ):
+        yield [one, two, liar]
+
+
+def write_config(
+    path: Path, responders: list[StunResponder], bind9: Bind9, extra: str = ""
+) -> Path:
+    sources = "".join(
+        f'[[source]]\nkind = "stun"\nname = "{name}"\nservers = ["{r.server}"]\n\n'
+        for name, r in zip(["stun-a", "stun-b", "liar"], responders, strict=True)
+    )
+    dns = f'[[source]]\nkind = "dns"\nhostname = "pbx.{DDNS_ZONE}"\n'
+    dns += f'nameservers = ["{bind9.server}"]\n'
+    path.write_text(f'confirm = 2\nfast_confirm = "50ms"\n{extra}\n{sources}{dns}')
+    return path
+
+
+def test_check_agrees_on_the_address_and_rejects_a_private_answer(
+    tmp_path: Path, responders: list[StunResponder], bind9: Bind9
+) -> None:
+    config = write_config(
+        tmp_path / "ipwatch.toml", responders, bind9, 'accept = ["198.51.100.0/24"]'
+    )
+    finished = run_ipwatch("check", "--json", config=config, state_dir=tmp_path / "state")
+    assert finished.returncode == 0, finished.stderr
+    result = json.loads(finished.stdout)
+    assert result["ipv4"]["address"] == PUBLIC and result["ipv4"]["confirmed"] is True
+    assert result["ipv4"]["agreement"] == "3/4" and result["ipv6"] is None
+    by_name = {s["name"]: s for s in result["ipv4"]["sources"]}
+    assert by_name["liar"]["address"] == "10.1.2.3"
+    assert by_name["liar"]["rejected"] == "private address (RFC 1918)"
+    assert by_name["liar"]["agrees"] is False
+    assert by_name["dns-1"] == by_name["dns-1"] | {
+        "address": PUBLIC,
+        "error": None,
+        "rejected": None,
+    }
+    assert all(s["latency_ms"] >= 0 for s in by_name.values())
+    assert result["in_sync"] is True and result["targets"] == []
+    # confirm = 2: every STUN server was asked in two rounds.
+    assert [r.requests for r in responders] == [2, 2, 2]
+
+    status = run_ipwatch("status", "--json", state_dir=tmp_path / "state")
+    recorded = json.loads(status.stdout)
+    assert recorded["ipv4"]["address"] == PUBLIC
+    assert recorded["changes"][-1] | {"at": None} == {
+        "family": "ipv4",
+        "old": None,
+        "new": PUBLIC,
+        "at": None,
+    }
+    assert status.returncode == 1  # WARNING: a source answers with a private address
+    assert "ipv4: source liar rejected: private address (RFC 1918)" in recorded["problems"]
+    text = run_ipwatch("status", state_dir=tmp_path / "state").stdout
+    assert (
+        text.startswith("IPWATCH WARNING - ipv4: source liar rejected") and f"ipv4 {PUBLIC}" in text
+    )
+
+
+def test_documentation_answers_are_rejected_without_accept(
+    tmp_path: Path, responders: list[StunResponder], bind9: Bind9
+) -> None:
+    config = write_config(tmp_path / "ipwatch.toml", responders, bind9)
+    finished = run_ipwatch("check", "--json", config=config, state_dir=tmp_path / "state")
+    assert finished.returncode == 2, finished.stderr
+    result = json.loads(finished.stdout)
+    assert result["ipv4"]["confirmed"] is False and result["ipv4"]["address"] is None
+    reasons = {s["name"]: s["rejected"] for s in result["ipv4"]["sources"]}
+    assert reasons["stun-a"] == reasons["dns-1"] == "documentation address (TEST-NET-2, RFC 5737)"
+    status = run_ipwatch("status", state_dir=tmp_path / "state")
+    assert status.returncode == 2 and status.stdout.startswith(
+        "IPWATCH CRITICAL - ipv4: no confirmed"
+    )
+
+
+def test_check_human_output_names_each_source(
+    tmp_path: Path, responders: list[StunResponder], bind9: Bind9
+) -> None:
+    config = write_config(
+        tmp_path / "ipwatch.toml", responders, bind9, 'accept = ["198.51.100.0/24"]'
+    )
+    finished = run_ipwatch("check", config=config, state_dir=tmp_path / "state")
+    lines = finished.stdout.splitlines()
+    assert lines[0] == f"ipv4 {PUBLIC} confirmed (3/4 sources agree)"
+    assert any(
+        line.split()[:2] == ["liar", "stun"] and "rejected: private" in line for line in lines
+    )
+    assert "ipv4 - -> 198.51.100.20 (3/4 sources)" in finished.stderr  # the change is logged
+
+
+def test_a_second_check_does_not_rewrite_the_state(
+    tmp_path: Path, responders: list[StunResponder], bind9: Bind9
+) -> None:
+    config = write_config(
+        tmp_path / "ipwatch.toml", responders, bind9, 'accept = ["198.51.100.0/24"]'
+    )
+    state = tmp_path / "state" / "state.json"
+    run_ipwatch("check", config=config, state_dir=tmp_path / "state")
+    first = state.stat()
+    assert run_ipwatch("check", config=config, state_dir=tmp_path / "state").returncode == 0
+    second = state.stat()
+    assert (second.st_ino, second.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+
+
+def test_a_flapping_answer_is_not_confirmed(tmp_path: Path, bind9: Bind9) -> None:
+    with StunResponder(answer=PUBLIC) as one, StunResponder(answer=PUBLIC) as two:
+        answers = iter(["198.51.100.1", "198.51.100.2"])
+
+        def flap(request: object) -> list[bytes]:
+            one.answer = two.answer = next(answers, PUBLIC)
+            return [one.respond(request)]  # type: ignore[arg-type]
+
+        one.reply = flap
+        sources = "".join(
+            f'[[source]]\nkind = "stun"\nservers = ["{r.server}"]\n' for r in (one, two)
+        )
+        config = tmp_path / "ipwatch.toml"
+        config.write_text(f'accept = ["198.51.100.0/24"]\nfast_confirm = "10ms"\n{sources}')
+        finished = run_ipwatch("check", "--json", config=config, state_dir=tmp_path)
+    assert finished.returncode == 2
+    assert json.loads(finished.stdout)["ipv4"]["confirmed"] is False
+
+
+def test_sources_shows_each_answer(
+    tmp_path: Path, responders: list[StunResponder], bind9: Bind9
+) -> None:
+    config = write_config(tmp_path / "ipwatch.toml", responders, bind9)
+    finished = run_ipwatch("sources", "--json", config=config)
+    assert finished.returncode == 0
+    entries = json.loads(finished.stdout)["ipv4"]
+    assert [e["address"] for e in entries] == [PUBLIC, PUBLIC, "10.1.2.3", PUBLIC]
+    assert [r.requests for r in responders] == [1, 1, 1]
+
+
+def test_sources_exits_2_when_none_answers(tmp_path: Path) -> None:
+    config = tmp_path / "ipwatch.toml"
+    config.write_text('[[source]]\nkind = "command"\nargv = ["false"]\n')
+    finished = run_ipwatch("sources", config=config)
+    assert finished.returncode == 2
+    assert "error: " in finished.stdout
+
+
+BAD_CONFIGS = [
+    (
+        'interval = "soon"\n[[source]]\nkind = "stun"\nservers = ["a.example"]\n',
+        "interval: 'soon' is not a duration",
+    ),
+    (
+        '[[source]]\nkind = "stun"\nserver = ["a.example"]\n',
+        'source[0].server: unknown key; did you mean "servers"?',
+    ),
+    ("confirm = \n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_CONFIGS)
+@pytest.mark.parametrize("command", [["check"], ["sources"], ["config", "check"]])
+def test_bad_config_is_one_sentence_and_exit_78(
+    tmp_path: Path, text: str, message: str, command: list[str]
+) -> None:
+    config = tmp_path / "ipwatch.toml"
+    config.write_text(text)
+    finished = run_ipwatch(*command, config=config, state_dir=tmp_path)
+    assert finished.returncode == 78
+    assert message in finished.stderr and str(config) in finished.stderr
+    assert "Traceback" not in finished.stderr and finished.stdout == ""
+
+
+def test_missing_config_names_the_file(tmp_path: Path) -> None:
+    finished = run_ipwatch("check", config=tmp_path / "nope.toml")
+    assert finished.returncode == 78
+    assert (
+        finished.stderr.strip()
+        == f"ipwatch: {tmp_path}/nope.toml: no such file; create it (see README) or pass -c PATH"
+    )
+
+
+def test_config_check_prints_the_effective_config(tmp_path: Path) -> None:
+    config = tmp_path / "ipwatch.toml"
+    config.write_text('[[source]]\nkind = "http"\nurl = "https://me:s3cret@example.org/ip"\n')
+    finished = run_ipwatch("config", "check", config=config)
+    assert finished.returncode == 0
+    assert "s3cret" not in finished.stdout
+    assert 'url = "https://me:********@example.org/ip"' in finished.stdout
+    assert 'interval = "30s"' in finished.stdout and 'name = "http-1"' in finished.stdout
+
+
+@pytest.mark.parametrize("args", [[], ["frobnicate"], ["check", "--bogus"], ["-v", "-q", "status"]])
+def test_bad_usage_exits_64(args: list[str]) -> None:
+    assert run_ipwatch(*args).returncode == 64
+
+
+def test_status_without_state_is_unknown(tmp_path: Path) -> None:
+    finished = run_ipwatch("status", state_dir=tmp_path)
+    assert finished.returncode == 3
+    assert finished.stdout.startswith(f"IPWATCH UNKNOWN - no state in {tmp_path} yet")
+
+
+def test_status_with_a_corrupt_state_file_is_unknown(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text("[")
+    finished = run_ipwatch("status", state_dir=tmp_path)
+    assert finished.returncode == 3 and "is not valid JSON" in finished.stdout
+
+
+def test_status_imports_neither_dnspython_nor_apscheduler(tmp_path: Path) -> None:
+    finished = run_ipwatch_with_importtime(tmp_path)
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in finished.splitlines()}
+    assert "ipwatch" in imported
+    assert not imported & {"dns", "apscheduler", "watchdog", "sdnotify", "concurrent", "tomllib"}
+
+
+def run_ipwatch_with_importtime(state_dir: Path) -> str:
+    import subprocess
+    import sys
+
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "ipwatch",
+            "--state-dir",
+            str(state_dir),
+            "status",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return finished.stderr
+
+
+def test_demo_runs_offline_and_shows_the_change() -> None:
+    finished = run_ipwatch("demo")
+    assert finished.returncode == 0, finished.stderr
+    assert "ipv4 203.0.113.5 -> 203.0.113.7 confirmed" in finished.stdout
+    assert "rejected: private address (RFC 1918)" in finished.stdout
+    assert "2 confirmed changes in 7 rounds" in finished.stdout
