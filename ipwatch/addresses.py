@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from typing import Literal
+
+from ipwatch.errors import SourceError
 
 Family = Literal["ipv4", "ipv6"]
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
@@ -82,3 +85,45 @@ def check_answer(
     if family_of(address) != family:
         return str(address), f"an {family_of(address)} address where {family} was asked"
     return str(address), rejection(address, accept)
+
+
+_WORD = re.compile(r"[0-9A-Fa-f:.]+")
+_LONGEST_ADDRESS = len("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255")
+
+
+def first_address(text: str, family: Family) -> IPAddress | None:
+    """Return the first address of `family` among the words of `text`, or None.
+
+    Echo services wrap the address in plain text ("203.0.113.7\\n"), JSON ({"ip": "..."}) or
+    HTML ("Current IP Address: 203.0.113.7"); the words that can be addresses are runs of hex
+    digits, dots and colons, trimmed of punctuation such as a final full stop.
+    """
+    for match in _WORD.finditer(text):
+        word = match.group()
+        if len(word) > _LONGEST_ADDRESS + 2:  # room for the punctuation trimmed below
+            continue
+        for candidate in (word, word.strip(".:")):
+            try:
+                address = ipaddress.ip_address(candidate)
+            except ValueError:
+                continue
+            if family_of(address) == family:
+                return address
+            break
+    return None
+
+
+def find_address(text: str, family: Family, source: str) -> str:
+    """Return the first address of `family` in `text`, or raise SourceError saying what `source`
+    answered instead."""
+    address = first_address(text, family)
+    if address is not None:
+        return str(address)
+    other = first_address(text, "ipv6" if family == "ipv4" else "ipv4")
+    if other is not None:
+        detail = f"only the {family_of(other)} address {other}"
+    elif not text.strip():
+        detail = "it was empty"
+    else:
+        detail = f"it began {text.strip()[:40]!r}"
+    raise SourceError(f"{source} gave no {family} address ({detail})")

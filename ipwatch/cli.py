@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
     from ipwatch.config import Config
 
 EX_SOFTWARE = 70
-log = logging.getLogger("ipwatch")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,9 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose, args.quiet)
+    needs_config = getattr(args, "needs_config", True)
+    if needs_config:  # `status` and `demo` log nothing; sparing `logging` keeps status fast
+        _setup_logging(args.verbose, args.quiet)
     try:
-        config = _load_config(args) if getattr(args, "needs_config", True) else None
+        config = _load_config(args) if needs_config else None
         handler: Callable[[argparse.Namespace, Config | None], int] = args.handler
         return handler(args, config)
     except IpwatchError as error:
@@ -126,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
+    import logging
+
     # journald stamps each line itself; a second timestamp only makes lines longer.
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
@@ -149,11 +151,14 @@ def _print_json(value: Any) -> None:
 
 
 def _check(args: argparse.Namespace, config: Config | None) -> int:
+    import logging
+
     from ipwatch import report, rounds
     from ipwatch import state as state_file
     from ipwatch.observe import observe
 
     assert config is not None
+    log = logging.getLogger("ipwatch")
     state_dir = _state_dir(args)
     saved = _load_state_or_warn(state_dir)
     trackings = {family: rounds.tracking_from(saved, family) for family in config.families}
@@ -184,7 +189,7 @@ def _load_state_or_warn(state_dir: Path) -> dict[str, Any] | None:
     try:
         return state_file.load(state_dir)
     except IpwatchError as error:
-        log.warning("%s", error)
+        print(f"ipwatch: {error}", file=sys.stderr)
         return None
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from ipwatch import schema
 from ipwatch.addresses import Family, IPNetwork
 from ipwatch.errors import ConfigError
+from ipwatch.redact import MASK, mask_userinfo
 from ipwatch.schema import Duration, Network, Parser, PositiveInt
 from ipwatch.sources import BUILTIN_KINDS, kind_module
 
@@ -214,7 +215,6 @@ def _check_consistency(config: Config, errors: list[str]) -> None:
 
 
 _SECRET_WORDS = ("secret", "password", "token", "passwd")
-MASK = "********"
 
 
 def render(config: Config) -> str:
@@ -268,19 +268,10 @@ def _plain(name: str, value: Any, hint: Any) -> Any:
     ):
         return MASK
     if isinstance(value, str):
-        return mask_url_password(value)
+        return mask_userinfo(value)
     if isinstance(value, bool | int | float):
         return value
     return str(value)
-
-
-def mask_url_password(text: str) -> str:
-    """Hide the password of a URL's user:password@ part; other text is returned as it is."""
-    scheme, separator, rest = text.partition("://")
-    userinfo, at, host = rest.partition("@")
-    if not separator or not at or ":" not in userinfo or "/" in userinfo:
-        return text
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:{MASK}@{host}"
 
 
 def _toml(value: Any) -> str:

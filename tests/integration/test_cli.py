@@ -204,7 +204,7 @@ def test_config_check_prints_the_effective_config(tmp_path: Path) -> None:
     finished = run_ipwatch("config", "check", config=config)
     assert finished.returncode == 0
     assert "s3cret" not in finished.stdout
-    assert 'url = "https://me:********@example.org/ip"' in finished.stdout
+    assert 'url = "https://********@example.org/ip"' in finished.stdout
     assert 'interval = "30s"' in finished.stdout and 'name = "http-1"' in finished.stdout
 
 

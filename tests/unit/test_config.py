@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from ipwatch import config as config_module
 from ipwatch.config import Config, load, parse, render
 from ipwatch.errors import ConfigError
+from ipwatch.redact import mask_userinfo
 from ipwatch.schema import HostPort, format_duration, parse_duration, parse_host_port
 
 STUN = {"kind": "stun", "servers": ["stun.l.google.com:19302"]}
@@ -133,9 +134,9 @@ def test_render_masks_url_passwords_and_round_trips() -> None:
         "asterisk": {"ami": {"secret_file": "/etc/ipwatch/ami.secret"}},
     }
     text = render(parse(raw))
-    assert "hunter2" not in text and "https://user:********@example.org/ip" in text
+    assert "hunter2" not in text and "https://********@example.org/ip" in text
     assert 'interval = "5m"' in text and 'secret_file = "/etc/ipwatch/ami.secret"' in text
-    reparsed = parse(tomllib.loads(text.replace("********", "hunter2")))
+    reparsed = parse(tomllib.loads(text.replace("********", "user:hunter2")))
     assert reparsed == parse(raw)
 
 
@@ -209,3 +210,17 @@ def test_config_is_frozen() -> None:
     config: Config = parse({"source": [STUN]})
     with pytest.raises(AttributeError):
         config.confirm = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("https://me:p@ss@host/ip", "https://********@host/ip"),
+        ("https://TOKEN@host/ip", "https://********@host/ip"),
+        ("see http://a:b@x/ and https://c@y/z", "see http://********@x/ and https://********@y/z"),
+        ("https://host/ip?next=a@b", "https://host/ip?next=a@b"),
+        ("no url here", "no url here"),
+    ],
+)
+def test_url_credentials_are_masked(text: str, shown: str) -> None:
+    assert mask_userinfo(text) == shown
