@@ -57,45 +57,70 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
 
-    check = commands.add_parser(
+    _command(
+        commands,
         "check",
-        help="observe, confirm and compare with the targets once",
-        description="Ask every source, confirm the address (`confirm` rounds, `fast_confirm` "
-        "apart) and compare it with the targets.",
-        epilog="Exit: 0 in sync, 1 drift found, 2 no confirmed address.",
+        _check,
+        "observe, confirm and compare with the targets once",
+        "Exit: 0 in sync, 1 drift found, 2 no confirmed address.",
+        json=True,
     )
-    check.add_argument("--json", action="store_true", help="print one JSON object")
-    check.set_defaults(handler=_check)
-
-    sources = commands.add_parser(
+    _command(
+        commands,
         "sources",
-        help="ask each source once and show its answer (diagnosis)",
-        epilog="Exit: 0 if any source answered, 2 if none did.",
+        _sources,
+        "ask each source once and show its answer (diagnosis)",
+        "Exit: 0 if any source answered, 2 if none did.",
+        json=True,
     )
-    sources.add_argument("--json", action="store_true", help="print one JSON object")
-    sources.set_defaults(handler=_sources)
-
-    status = commands.add_parser(
+    _command(
+        commands,
         "status",
-        help="show what the state file says (Nagios exit statuses)",
-        epilog="Exit: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+        _status,
+        "show what the state file says (Nagios exit statuses)",
+        "Exit: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+        json=True,
+        needs_config=False,
     )
-    status.add_argument("--json", action="store_true", help="print one JSON object")
-    status.set_defaults(handler=_status, needs_config=False)
-
     config = commands.add_parser("config", help="configuration commands")
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    config_commands.add_parser(
+    _command(
+        config_commands,
         "check",
-        help="validate the config and print it with defaults filled in and secrets masked",
-        epilog="Exit: 0 valid, 78 invalid.",
-    ).set_defaults(handler=_config_check)
-
-    demo = commands.add_parser(
-        "demo", help="a self-contained offline demonstration on loopback", epilog="Exit: 0."
+        _config_check,
+        "validate the config and print it with defaults filled in and secrets masked",
+        "Exit: 0 valid, 78 invalid.",
     )
-    demo.set_defaults(handler=_demo, needs_config=False)
+    _command(
+        commands,
+        "demo",
+        _demo,
+        "a self-contained offline demonstration on loopback",
+        "Exit: 0.",
+        needs_config=False,
+    )
     return parser
+
+
+Handler = Callable[[argparse.Namespace, "Config | None"], int]
+
+
+def _command(
+    commands: argparse._SubParsersAction[Any],
+    name: str,
+    handler: Handler,
+    summary: str,
+    exits: str,
+    *,
+    json: bool = False,
+    needs_config: bool = True,
+) -> None:
+    command = commands.add_parser(
+        name, help=summary, description=summary[0].upper() + summary[1:] + ".", epilog=exits
+    )
+    if json:
+        command.add_argument("--json", action="store_true", help="print one JSON object")
+    command.set_defaults(handler=handler, needs_config=needs_config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(args.verbose, args.quiet)
     try:
         config = _load_config(args) if needs_config else None
-        handler: Callable[[argparse.Namespace, Config | None], int] = args.handler
+        handler: Handler = args.handler
         return handler(args, config)
     except IpwatchError as error:
         for line in str(error).splitlines():

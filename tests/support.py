@@ -84,3 +84,13 @@ def run_ipwatch(
     return subprocess.run(
         [*command, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Terminate a server the test started, and kill it if it ignores that for 5 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, ipv6_loopback_available, need, wait_until
+from tests.support import free_port, ipv6_loopback_available, need, stop, wait_until
 
 DDNS_ZONE = "ddns.test"
 TSIG_ALGORITHM = "hmac-sha256"
@@ -207,12 +207,7 @@ def running_bind9(directory: Path, port: int | None = None, ipv6: bool = True) -
         wait_until(lambda: _started(server), STARTUP_TIMEOUT, f"named to answer on port {port}")
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def _started(server: Bind9) -> bool:

@@ -17,7 +17,7 @@ import pytest
 
 from ipwatch import stun
 from ipwatch.stun_responder import StunResponder
-from tests.support import free_port, ipv6_loopback_available, missing, need, wait_until
+from tests.support import free_port, ipv6_loopback_available, missing, need, stop, wait_until
 
 START_TIMEOUT = 10.0
 
@@ -91,12 +91,7 @@ def _run_coturn(host: str, directory: Path) -> Iterator[Coturn]:
         wait_until(lambda: _answers(process, host, port, log), START_TIMEOUT, f"coturn on {host}")
         yield Coturn(host, port, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def _answers(process: subprocess.Popen[bytes], host: str, port: int, log: Path) -> bool:
