@@ -15,7 +15,7 @@ from ipwatch.addresses import Family, IPNetwork
 from ipwatch.errors import ConfigError
 from ipwatch.redact import MASK, mask_userinfo
 from ipwatch.schema import Duration, Network, Parser, PositiveInt
-from ipwatch.sources import BUILTIN_KINDS, kind_module
+from ipwatch.sources import BUILTIN_KINDS, kind_module, serves
 
 DEFAULT_PATH = "/etc/ipwatch/ipwatch.toml"
 
@@ -208,6 +208,11 @@ def _check_consistency(config: Config, errors: list[str]) -> None:
             f"quorum: {config.quorum} sources must agree but only {len(config.sources)} are"
             " configured; lower quorum or add sources"
         )
+    for family in config.families:
+        if config.sources and not any(serves(s.kind, s.options, family) for s in config.sources):
+            errors.append(
+                f"families: no source can observe {family}; add a source for it or remove it"
+            )
     if not config.families:
         errors.append('families: empty; list at least one of "ipv4", "ipv6"')
     if len(set(config.families)) != len(config.families):

@@ -10,7 +10,7 @@ from ipwatch.addresses import Family
 from ipwatch.config import SourceConfig
 from ipwatch.decide import Observation
 from ipwatch.errors import SourceError
-from ipwatch.sources import kind_module
+from ipwatch.sources import kind_module, serves
 
 Clock = Callable[[], float]
 
@@ -30,8 +30,11 @@ def ask(source: SourceConfig, family: Family, clock: Clock = time.monotonic) -> 
     return Observation(source.name, source.kind, answer, latency_ms, error)
 
 
-def observe(sources: Sequence[SourceConfig], family: Family) -> list[Observation]:
+def observe(all_sources: Sequence[SourceConfig], family: Family) -> list[Observation]:
     """Ask all sources in parallel, so a round lasts as long as the slowest source, not the sum."""
+    sources = [s for s in all_sources if serves(s.kind, s.options, family)]
+    if not sources:
+        return []
     if len(sources) == 1:
         return [ask(sources[0], family)]
     with ThreadPoolExecutor(max_workers=len(sources), thread_name_prefix="source") as pool:

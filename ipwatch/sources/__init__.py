@@ -1,9 +1,11 @@
 """Sources of the public address: one module per kind, all of the same shape.
 
 A kind's module has:
-- `Options`: a frozen dataclass of its own config keys (checked by ipwatch.schema), and
+- `Options`: a frozen dataclass of its own config keys (checked by ipwatch.schema),
 - `ask(options, family, timeout) -> str`: ask once, return the address as text, or raise
-  SourceError with one sentence saying what went wrong.
+  SourceError with one sentence saying what went wrong, and optionally
+- `serves(options, family) -> bool`: False when the source can never observe that family (an
+  IPv4-only echo service), so it is left out of that family's rounds instead of failing each one.
 
 Modules import their heavy dependencies (dnspython) inside `ask`, so that loading the config or
 running `ipwatch status` stays cheap.
@@ -13,6 +15,9 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
+
+from ipwatch.addresses import Family
 
 BUILTIN_KINDS = {
     "stun": "ipwatch.sources.stun",
@@ -30,3 +35,8 @@ LOCAL_KINDS = frozenset({"interface", "natpmp", "upnp"})
 
 def kind_module(kind: str) -> ModuleType:
     return importlib.import_module(BUILTIN_KINDS[kind])
+
+
+def serves(kind: str, options: Any, family: Family) -> bool:
+    check = getattr(kind_module(kind), "serves", None)
+    return check is None or bool(check(options, family))

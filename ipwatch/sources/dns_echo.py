@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Literal
 
-from ipwatch.addresses import Family, IPAddress
+from ipwatch.addresses import Family, IPAddress, family_of
 from ipwatch.errors import SourceError
 from ipwatch.schema import HostPort
 from ipwatch.sources.dns import (
@@ -107,6 +107,14 @@ class Question:
 
     def __str__(self) -> str:
         return f"{self.qname} {self.rdclass} {self.rdtype}"
+
+
+def serves(options: Options, family: Family) -> bool:
+    """Whether this echo can see our `family` address: it echoes the query's own source address."""
+    if options.provider is not None:
+        return family in PRESETS[options.provider].servers
+    assert options.server is not None  # by __post_init__
+    return family_of(ipaddress.ip_address(options.server.host)) == family
 
 
 def question_for(options: Options, family: Family) -> Question:

@@ -75,6 +75,11 @@ def ask(options: Options, family: Family, timeout: float) -> str:
     raise SourceError(f"all {len(failures)} servers failed: " + "; ".join(failures))
 
 
+def serves(options: Options, family: Family) -> bool:
+    """A server given as an address of the other family can never tell our `family` address."""
+    return any(_literal_family(server.host) in (None, family) for server in options.servers)
+
+
 def _literal_family(host: str) -> Family | None:
     try:
         return family_of(ipaddress.ip_address(host))

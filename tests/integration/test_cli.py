@@ -10,7 +10,7 @@ import pytest
 
 from ipwatch.stun_responder import StunResponder
 from tests.peers.bind9 import DDNS_ZONE, Bind9
-from tests.support import run_ipwatch
+from tests.support import ipv6_loopback_available, missing, run_ipwatch
 
 PUBLIC = "198.51.100.20"  # what bind9 serves for pbx.ddns.test (a documentation range)
 
@@ -260,3 +260,24 @@ def test_demo_runs_offline_and_shows_the_change() -> None:
     assert "ipv4 203.0.113.5 -> 203.0.113.7 confirmed" in finished.stdout
     assert "rejected: private address (RFC 1918)" in finished.stdout
     assert "2 confirmed changes in 7 rounds" in finished.stdout
+
+
+def test_each_family_asks_only_the_sources_that_can_observe_it(tmp_path: Path) -> None:
+    if not ipv6_loopback_available():
+        missing("IPv6 loopback (::1) is not available")
+    with (
+        StunResponder(answer="81.2.69.160") as v4,
+        StunResponder(host="::1", answer="2a00:1450:4001:80b::200e") as v6,
+    ):
+        config = tmp_path / "ipwatch.toml"
+        sources = "".join(
+            f'[[source]]\nkind = "stun"\nservers = ["{r.server}"]\n' for r in (v4, v6)
+        )
+        config.write_text(f'families = ["ipv4", "ipv6"]\nconfirm = 1\n{sources}')
+        finished = run_ipwatch("check", "--json", config=config, state_dir=tmp_path)
+        assert (v4.requests, v6.requests) == (1, 1)
+    assert finished.returncode == 0, finished.stdout
+    result = json.loads(finished.stdout)
+    assert [s["name"] for s in result["ipv4"]["sources"]] == ["stun-1"]
+    assert [s["name"] for s in result["ipv6"]["sources"]] == ["stun-2"]
+    assert result["ipv6"]["address"] == "2a00:1450:4001:80b::200e"

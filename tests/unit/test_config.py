@@ -224,3 +224,17 @@ def test_config_is_frozen() -> None:
 )
 def test_url_credentials_are_masked(text: str, shown: str) -> None:
     assert mask_userinfo(text) == shown
+
+
+def test_a_family_no_source_can_observe_is_an_error() -> None:
+    v4_only = [
+        {"kind": "stun", "servers": ["192.0.2.1"]},
+        {"kind": "dns-echo", "provider": "akamai"},
+    ]
+    found = problems({"families": ["ipv4", "ipv6"], "source": v4_only})
+    assert found == [
+        "/etc/ipwatch/ipwatch.toml: families: no source can observe ipv6; add a source for it or"
+        " remove it"
+    ]
+    both = parse({"families": ["ipv4", "ipv6"], "source": [*v4_only, STUN]})
+    assert len(both.sources) == 3
