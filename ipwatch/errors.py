@@ -30,3 +30,9 @@ class StateError(IpwatchError):
     """The state directory or file cannot be used."""
 
     exit_status = 3
+
+
+class ApplyError(IpwatchError):
+    """Asterisk's files could not be rewritten or put back; the message says how they were left."""
+
+    exit_status = 3

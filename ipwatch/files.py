@@ -1,33 +1,157 @@
-"""Writing files so that a crash leaves either the old content or the new one, never a mix."""
+"""Rewriting files so that a crash leaves each one old or new, and a batch of them all or nothing.
+
+Every replacement is a complete temp file beside the target, synced, renamed over it, and the
+directory synced; the previous content is saved as a backup first, so that a failure halfway through
+a batch, or Asterisk rejecting the new configuration later, can put everything back.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+
+from ipwatch.errors import ApplyError
+
+# Asterisk expands `#include` patterns with glob(3), which never matches a leading dot, and the
+# suffix keeps even a `.*.conf` pattern away; the prefix tells clean_stale_temp_files they are ours.
+TEMP_PREFIX = ".ipwatch-"
+TEMP_SUFFIX = ".tmp"
+SECOND_NS = 1_000_000_000
+# A file system without extended attributes, or one vanishing meanwhile, is nothing to fail over.
+XATTR_ABSENT = (errno.ENOTSUP, errno.ENODATA)
+CAUSES = {
+    errno.ENOSPC: ("no space left on device", "free some space on that file system"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or raise the quota"),
+    errno.EFBIG: (
+        "file too large (a size limit is set)",
+        "raise the file size limit (LimitFSIZE= in the unit, ulimit -f)",
+    ),
+    errno.EACCES: ("permission denied", "run ipwatch as a user allowed to write there (root)"),
+    errno.EPERM: ("operation not permitted", "look for an immutable attribute (lsattr)"),
+    errno.EROFS: ("read-only file system", "remount it read-write"),
+    errno.EIO: ("input/output error", "check the storage device (dmesg)"),
+}
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One file to rewrite: `old` is the content the plan was computed from, `new` replaces it."""
+
+    path: Path
+    old: bytes
+    new: bytes
+
+
+@dataclass(frozen=True)
+class AppliedFile:
+    """A file apply_changes replaced, with what restore needs to put the previous version back.
+
+    `target` is `change.path` with symlinks resolved (the link itself is left alone); the times are
+    the previous version's, which restore gives back so that Asterisk sees the file it knew.
+    """
+
+    change: FileChange
+    target: Path
+    backup: Path
+    atime_ns: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What apply_changes replaced, for restore and for telling the user where the backups are."""
+
+    files: tuple[AppliedFile, ...] = ()
+
+    @property
+    def backups(self) -> tuple[Path, ...]:
+        return tuple(file.backup for file in self.files)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """A file's content and the metadata its replacement keeps, read through one descriptor."""
+
+    target: Path
+    content: bytes
+    status: os.stat_result
+    xattrs: dict[str, bytes]
+
+
+def apply_changes(changes: Sequence[FileChange], backup_dir: Path) -> Applied:
+    """Give every file of `changes` its new content, or leave all of them as they were.
+
+    Each file must still hold the content the plan was computed from; its previous version is saved
+    under `backup_dir` (mirroring its absolute path) before it is replaced. Raise ApplyError, with
+    one sentence naming the file, the cause and what to do, when a file changed meanwhile (nothing
+    is written) or cannot be written (the files already replaced are put back first).
+    """
+    pending = [change for change in changes if change.new != change.old]
+    snapshots = [_unchanged(change) for change in pending]
+    files = tuple(
+        _back_up(change, snapshot, backup_dir)
+        for change, snapshot in zip(pending, snapshots, strict=True)
+    )
+    for done, (file, snapshot) in enumerate(zip(files, snapshots, strict=True), start=1):
+        keep = partial(_take_over, snapshot, _new_times(snapshot.status.st_mtime_ns))
+        try:
+            _replace(file.target, file.change.new, keep)
+        except BaseException as error:
+            # The failing file too: its rename may have happened before the directory fsync failed.
+            problems = _roll_back(files[:done])
+            if isinstance(error, OSError):
+                raise ApplyError(_failure(file.change.path, error, problems)) from error
+            raise
+    return Applied(files)
+
+
+def restore(applied: Applied) -> None:
+    """Put back the previous version of every file in `applied`, with its owner, mode and times.
+
+    Used when Asterisk rejects the new configuration. A file someone else rewrote since is left as
+    it is. Raise ApplyError naming each file that could not be put back and where its backup is.
+    """
+    problems = _roll_back(applied.files)
+    if problems:
+        raise ApplyError("; ".join(problems))
+
+
+def clean_stale_temp_files(directory: Path, older_than: float) -> list[Path]:
+    """Remove the temp files that applies killed halfway left in `directory`; return their paths.
+
+    Nothing can clean up after SIGKILL or a power cut, so each run does it before applying. Only our
+    own names are touched, and only those whose inode last changed before `older_than` (the time
+    this run started), so a concurrent apply keeps its temp file. The ctime, not the mtime, because
+    a temp file's mtime is set on purpose, possibly ahead of the clock.
+    """
+    if not directory.is_dir():
+        return []
+    removed = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if _is_stale_temp(entry, older_than):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def backup_path(backup_dir: Path, path: Path) -> Path:
+    """Where apply_changes keeps the previous version of `path`: its absolute path, re-rooted."""
+    return backup_dir / os.path.abspath(path).lstrip("/")
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data`: temp file in the same directory, fsync, rename, fsync directory.
-
-    The rename is atomic only within one file system, hence the temp file beside the target; the
-    directory fsync makes the rename itself survive a power cut (an SD card loses it otherwise).
-    """
-    directory = path.parent
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(descriptor, "wb") as temp:
-            temp.write(data)
-            temp.flush()
-            os.fchmod(temp.fileno(), mode)
-            os.fsync(temp.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-    fsync_directory(directory)
+    """Replace `path` with `data` and the permission bits `mode`, so that a crash leaves either."""
+    _replace(path, data, lambda descriptor: os.fchmod(descriptor, mode))
 
 
 def fsync_directory(directory: Path) -> None:
@@ -36,3 +160,186 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _replace(target: Path, data: bytes, prepare: Callable[[int], None]) -> None:
+    """Rename a complete, synced temp file holding `data` over `target`; `prepare` sets metadata.
+
+    The temp file sits beside the target because rename(2) is atomic only within one file system;
+    the directory fsync makes the rename itself survive a power cut (an SD card loses it otherwise).
+    """
+    descriptor, temp_name = tempfile.mkstemp(
+        prefix=f"{TEMP_PREFIX}{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent
+    )
+    try:
+        try:
+            _write_all(descriptor, data)
+            prepare(descriptor)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    fsync_directory(target.parent)
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
+
+
+def _take_over(snapshot: _Snapshot, times_ns: tuple[int, int], descriptor: int) -> None:
+    """Give the temp file the replaced file's owner, group, mode and extended attributes."""
+    status = snapshot.status
+    ours = os.fstat(descriptor)
+    if (ours.st_uid, ours.st_gid) != (status.st_uid, status.st_gid):
+        os.fchown(descriptor, status.st_uid, status.st_gid)
+    # After fchown, which clears the set-user-ID and set-group-ID bits.
+    os.fchmod(descriptor, stat.S_IMODE(status.st_mode))
+    for name, value in snapshot.xattrs.items():
+        _set_xattr(descriptor, name, value)
+    # Last, because writing would move the mtime again; metadata changes move only the ctime.
+    os.utime(descriptor, ns=times_ns)
+
+
+def _new_times(old_mtime_ns: int) -> tuple[int, int]:
+    """Access and modification times for a new version: never in the old version's second.
+
+    Asterisk re-reads a file on reload only if its size or mtime changed (main/config.c,
+    cfmstat_cmp; older versions compare whole seconds only), and a new address often keeps the
+    size: a rewrite within the same second, or on coarse timestamps, would go unnoticed.
+    """
+    now = time.time_ns()
+    if now // SECOND_NS != old_mtime_ns // SECOND_NS:
+        return now, now
+    return now, old_mtime_ns + SECOND_NS
+
+
+def _unchanged(change: FileChange) -> _Snapshot:
+    try:
+        snapshot = _snapshot(Path(os.path.realpath(change.path)))
+    except FileNotFoundError:
+        raise ApplyError(f"{change.path} no longer exists; run again") from None
+    except OSError as error:
+        raise ApplyError(_failure(change.path, error, [], "read")) from error
+    if snapshot.content != change.old:
+        raise ApplyError(f"{change.path} changed since it was read; run again")
+    return snapshot
+
+
+def _snapshot(target: Path) -> _Snapshot:
+    with open(target, "rb") as stream:
+        descriptor = stream.fileno()
+        return _Snapshot(target, stream.read(), os.fstat(descriptor), _read_xattrs(descriptor))
+
+
+def _back_up(change: FileChange, snapshot: _Snapshot, backup_dir: Path) -> AppliedFile:
+    """Save the previous version durably under `backup_dir`, before the file itself is touched."""
+    backup = backup_path(backup_dir, change.path)
+    try:
+        _make_directories(backup.parent)
+        # Asterisk's files hold SIP passwords: the copies are for the daemon's user only.
+        write_atomic(backup, snapshot.content, mode=0o600)
+    except OSError as error:
+        raise ApplyError(_failure(backup, error, [])) from error
+    status = snapshot.status
+    return AppliedFile(change, snapshot.target, backup, status.st_atime_ns, status.st_mtime_ns)
+
+
+def _make_directories(directory: Path) -> None:
+    """Create `directory` and its missing parents, each synced into its parent like a file."""
+    if directory.is_dir():
+        return
+    _make_directories(directory.parent)
+    directory.mkdir(mode=0o700, exist_ok=True)
+    fsync_directory(directory.parent)
+
+
+def _roll_back(files: Sequence[AppliedFile]) -> list[str]:
+    """Put back each file still holding our new content; return a sentence per file left wrong."""
+    problems = []
+    for file in files:
+        where = f"its previous version is {file.backup}"
+        try:
+            if not _put_back(file):
+                problems.append(f"{file.change.path} was rewritten by someone else; {where}")
+        except OSError as error:
+            cause = _explain(error)[0]
+            problems.append(f"{file.change.path} could not be put back ({cause}); {where}")
+    return problems
+
+
+def _put_back(file: AppliedFile) -> bool:
+    """Write the previous version back with its own times; False if someone else rewrote the file.
+
+    The old times make Asterisk, which never loaded the new version or loaded it with other times,
+    see exactly the file it knew.
+    """
+    current = _snapshot(file.target)
+    if current.content == file.change.old:
+        return True
+    if current.content != file.change.new:
+        return False
+    times = (file.atime_ns, file.mtime_ns)
+    _replace(file.target, file.change.old, partial(_take_over, current, times))
+    return True
+
+
+def _failure(path: Path, error: OSError, problems: list[str], verb: str = "written") -> str:
+    cause, advice = _explain(error)
+    outcome = "; ".join(problems) or "no file was changed"
+    return f"{path} cannot be {verb}: {cause}; {advice}, then run again; {outcome}"
+
+
+def _explain(error: OSError) -> tuple[str, str]:
+    """The cause in words and what the user can do about it."""
+    known = CAUSES.get(error.errno or 0)
+    if known is not None:
+        return known
+    cause = error.strerror or str(error)
+    return cause[:1].lower() + cause[1:], "fix that"
+
+
+def _read_xattrs(descriptor: int) -> dict[str, bytes]:
+    try:
+        names = os.listxattr(descriptor)
+    except OSError as error:
+        if error.errno in XATTR_ABSENT:
+            return {}
+        raise
+    values = {name: _get_xattr(descriptor, name) for name in names}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _get_xattr(descriptor: int, name: str) -> bytes | None:
+    try:
+        return os.getxattr(descriptor, name)
+    except OSError as error:
+        if error.errno in XATTR_ABSENT:
+            return None
+        raise
+
+
+def _set_xattr(descriptor: int, name: str, value: bytes) -> None:
+    # A new file usually inherits the same SELinux label already; setting it again would need the
+    # right to relabel.
+    if _get_xattr(descriptor, name) == value:
+        return
+    try:
+        os.setxattr(descriptor, name, value)
+    except OSError as error:
+        if error.errno not in XATTR_ABSENT:
+            raise
+
+
+def _is_stale_temp(entry: os.DirEntry[str], older_than: float) -> bool:
+    if not (entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX)):
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        if entry.is_file(follow_symlinks=False):
+            return entry.stat(follow_symlinks=False).st_ctime < older_than
+    return False

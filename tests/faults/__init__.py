@@ -1,0 +1,1 @@
+"""Tests that break things for real: limits, full or read-only file systems, SIGKILL."""
