@@ -36,3 +36,13 @@ class ApplyError(IpwatchError):
     """Asterisk's files could not be rewritten or put back; the message says how they were left."""
 
     exit_status = 3
+
+
+class ConfFileError(IpwatchError):
+    """An Asterisk config file cannot be read, or cannot be managed, the way it is written.
+
+    Exit 78 like a config error: the admin must change a file, and systemd must not restart
+    ipwatch in a loop over it.
+    """
+
+    exit_status = EX_CONFIG

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.peers.coturn",
     "tests.peers.bind9",
     "tests.peers.http",
+    "tests.peers.asterisk",
 ]

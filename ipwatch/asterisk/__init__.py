@@ -1,0 +1,1 @@
+"""Asterisk itself: its configuration files and the interfaces that control it."""
