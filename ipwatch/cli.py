@@ -57,12 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
 
-    _command(
+    check = _command(
         commands,
         "check",
         _check,
         "observe, confirm and compare with the targets once",
-        "Exit: 0 in sync, 1 drift found, 2 no confirmed address.",
+        "Exit: 0 in sync (or applied), 1 drift found and not applied, 2 no confirmed address,"
+        " 3 applying failed (files rolled back) or Asterisk still has to be told.",
+        json=True,
+    )
+    check.add_argument(
+        "--apply", action="store_true", help="also rewrite the target files (atomically, backed up)"
+    )
+    _command(
+        commands,
+        "plan",
+        _plan,
+        "show what `check --apply` would change, as a unified diff",
+        "Exit: as check (0 in sync, 1 changes to make, 2 no confirmed address).",
         json=True,
     )
     _command(
@@ -114,13 +126,14 @@ def _command(
     *,
     json: bool = False,
     needs_config: bool = True,
-) -> None:
-    command = commands.add_parser(
+) -> argparse.ArgumentParser:
+    command: argparse.ArgumentParser = commands.add_parser(
         name, help=summary, description=summary[0].upper() + summary[1:] + ".", epilog=exits
     )
     if json:
         command.add_argument("--json", action="store_true", help="print one JSON object")
     command.set_defaults(handler=handler, needs_config=needs_config)
+    return command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,52 +189,24 @@ def _print_json(value: Any) -> None:
 
 
 def _check(args: argparse.Namespace, config: Config | None) -> int:
-    import logging
-
-    from ipwatch import report, rounds
-    from ipwatch import state as state_file
-    from ipwatch.observe import observe
+    from ipwatch import reconcile, report
 
     assert config is not None
-    log = logging.getLogger("ipwatch")
-    state_dir = _state_dir(args)
-    saved = _load_state_or_warn(state_dir)
-    trackings = {family: rounds.tracking_from(saved, family) for family in config.families}
-    decisions = rounds.settle(config, trackings, observe)
-    state = saved or state_file.empty()
-    for family, decision in decisions.items():
-        state = state_file.record_round(state, family, rounds.summary(decision), _now())
-        if decision.changed:
-            log.info(
-                "%s %s -> %s (%s sources)",
-                family,
-                decision.previous or "-",
-                decision.winner,
-                decision.agreement,
-            )
-    try:
-        state_file.save_if_changed(state_dir, state, saved)
-    except IpwatchError as error:
-        log.warning("%s", error)
-    result = report.check_result(decisions, state)
+    result = reconcile.check(config, _state_dir(args), write=args.apply)
     print(json.dumps(result, indent=2) if args.json else report.format_check(result))
     return report.check_exit_status(result)
 
 
-def _load_state_or_warn(state_dir: Path) -> dict[str, Any] | None:
-    from ipwatch import state as state_file
+def _plan(args: argparse.Namespace, config: Config | None) -> int:
+    from ipwatch import reconcile, report
 
-    try:
-        return state_file.load(state_dir)
-    except IpwatchError as error:
-        print(f"ipwatch: {error}", file=sys.stderr)
-        return None
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
+    assert config is not None
+    result = reconcile.check(config, _state_dir(args), write=False)
+    if args.json:
+        _print_json(result)
+    else:
+        print(result["diff"] or "# in sync: nothing to change", end="" if result["diff"] else "\n")
+    return report.check_exit_status(result)
 
 
 def _sources(args: argparse.Namespace, config: Config | None) -> int:

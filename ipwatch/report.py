@@ -9,19 +9,23 @@ from typing import Any
 from ipwatch import state as state_file
 from ipwatch.addresses import FAMILIES, Family
 from ipwatch.decide import Decision
+from ipwatch.plan import Plan
 from ipwatch.rounds import summary
 
 
-def check_result(decisions: Mapping[Family, Decision], state: state_file.State) -> dict[str, Any]:
+def check_result(
+    decisions: Mapping[Family, Decision], state: state_file.State, plan: Plan
+) -> dict[str, Any]:
     """The `check --json` object: per family the address and each source, then the targets."""
     result: dict[str, Any] = {family: None for family in FAMILIES}
     for family, decision in decisions.items():
         change = state_file.last_change(state, family)
         previous = decision.previous or (change or {}).get("old")
         result[family] = {**summary(decision), "previous": previous, "changed": decision.changed}
-    # Targets (the Asterisk files to keep in sync) join here; with none, nothing can drift.
-    result["targets"] = []
-    result["in_sync"] = True
+    result["targets"] = plan.as_json()
+    result["in_sync"] = plan.in_sync
+    result["diff"] = plan.diff()
+    result["applied"] = False
     result["asterisk"] = None
     return result
 
@@ -31,6 +35,8 @@ def check_exit_status(result: Mapping[str, Any]) -> int:
     families = [result[f] for f in FAMILIES if result.get(f) is not None]
     if not families or not all(f["confirmed"] for f in families):
         return 2
+    if result["applied"]:
+        return 3 if result["asterisk"]["action"] == "pending" else 0
     return 0 if result["in_sync"] else 1
 
 
@@ -42,9 +48,29 @@ def format_check(result: Mapping[str, Any]) -> str:
             lines += [_family_headline(family, entry), *format_sources(entry["sources"])]
             if entry.get("hint"):
                 lines.append(f"  note: {entry['hint']}")
-    if not result["targets"]:
-        lines.append("targets: none configured (add [[target]] to keep Asterisk's files in sync)")
+    lines += _target_lines(result)
     return "\n".join(lines)
+
+
+def _target_lines(result: Mapping[str, Any]) -> list[str]:
+    if not result["targets"]:
+        return ["targets: none configured (add [[target]] to keep Asterisk's files in sync)"]
+    lines: list[str] = []
+    for target in result["targets"]:
+        state = "in sync" if target["in_sync"] else f"{len(target['edits'])} edit(s)"
+        if result["applied"] and not target["in_sync"]:
+            state += " applied"
+        lines.append(f"target {target['name']} ({target['file']}): {state}")
+        for edit in target["edits"]:
+            old = edit["old"] if edit["old"] is not None else "(added)"
+            where = f"{edit['file']}:{edit['line']}"
+            lines.append(f"  {where} [{edit['section']}] {edit['key']} {old} -> {edit['new']}")
+        lines += [f"  note: {note}" for note in target["notes"]]
+    asterisk = result.get("asterisk")
+    if asterisk:
+        detail = f" ({asterisk['error']})" if asterisk.get("error") else ""
+        lines.append(f"asterisk: {asterisk['action']}{detail}")
+    return lines
 
 
 def _family_headline(family: str, entry: Mapping[str, Any]) -> str:

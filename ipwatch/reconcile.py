@@ -1,0 +1,132 @@
+"""Bring Asterisk's files in line with the confirmed addresses: read, plan, write. The I/O edge.
+
+`check`, `plan` and the daemon call these; the deciding is done by the pure plan.py/targets.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ipwatch import report, rounds
+from ipwatch import state as state_file
+from ipwatch.addresses import Family
+from ipwatch.asterisk.conf import Document, load_tree
+from ipwatch.config import Config, TargetConfig
+from ipwatch.errors import IpwatchError
+from ipwatch.files import Applied, apply_changes, backup_path, clean_stale_temp_files
+from ipwatch.observe import observe
+from ipwatch.plan import Loaded, Plan, make_plan
+
+STARTED = time.time()
+log = logging.getLogger("ipwatch")
+
+
+def load(target: TargetConfig) -> Loaded:
+    top = Path(target.file)
+    sorcery = top.parent / "sorcery.conf"
+    sorcery_document = (
+        Document.parse(sorcery.read_bytes(), str(sorcery)) if sorcery.is_file() else None
+    )
+    return Loaded(target, load_tree(top), sorcery_document if target.kind == "pjsip" else None)
+
+
+def plan(config: Config, addresses: Mapping[Family, str]) -> Plan:
+    """What the targets' files must become for `addresses` (only confirmed ones are passed)."""
+    return make_plan([load(target) for target in config.targets], addresses)
+
+
+def apply(plan: Plan, state_dir: Path) -> Applied:
+    """Write the plan's files all-or-nothing, keeping the previous versions in STATE_DIR/backups."""
+    backups = state_dir / "backups"
+    for change in plan.changes:
+        # A SIGKILL between writing a temp file and renaming it leaves the temp file behind.
+        real = Path(os.path.realpath(change.path))
+        clean_stale_temp_files(real.parent, STARTED)
+        clean_stale_temp_files(backup_path(backups, real).parent, STARTED)
+    return apply_changes(plan.changes, backups)
+
+
+def check(config: Config, state_dir: Path, *, write: bool) -> dict[str, Any]:
+    """One full `check`: confirm the addresses, record them, plan, and with `write` apply.
+
+    Returns the SPEC.md result object; ApplyError propagates after the files were rolled back.
+    """
+    saved = _load_state(state_dir)
+    trackings = {family: rounds.tracking_from(saved, family) for family in config.families}
+    decisions = rounds.settle(config, trackings, observe)
+    state = saved or state_file.empty()
+    for family, decision in decisions.items():
+        state = state_file.record_round(state, family, rounds.summary(decision), time.time())
+        if decision.changed:
+            log.info(
+                "%s %s -> %s (%s sources)",
+                family,
+                decision.previous or "-",
+                decision.winner,
+                decision.agreement,
+            )
+    addresses = {
+        f: d.tracking.address for f, d in decisions.items() if d.confirmed and d.tracking.address
+    }
+    the_plan = plan(config, addresses)
+    result = report.check_result(decisions, state, the_plan)
+    if write and not the_plan.in_sync:
+        apply(the_plan, state_dir)
+        _log_edits(the_plan)
+        result["applied"] = True
+        result["asterisk"] = _tell_asterisk(config)
+        state["pending"] = _pending(result["asterisk"], the_plan)
+    _save_state(state_dir, state, saved)
+    return result
+
+
+def _tell_asterisk(config: Config) -> dict[str, Any]:
+    if config.asterisk.control == "none" or config.asterisk.apply == "none":
+        return {"action": "none", "verified": False}
+    # Talking to Asterisk (AMI / console) is not built yet: the files are right, the reload is owed.
+    return {
+        "action": "pending",
+        "verified": False,
+        "error": "ipwatch cannot tell Asterisk yet; reload it yourself"
+        " (asterisk -rx 'module reload res_pjsip.so', or 'sip reload' for chan_sip)",
+    }
+
+
+def _pending(asterisk: Mapping[str, Any], the_plan: Plan) -> list[str]:
+    if asterisk["action"] != "pending":
+        return []
+    files = ", ".join(str(change.path) for change in the_plan.changes)
+    return [f"reload Asterisk: {files} changed"]
+
+
+def _log_edits(the_plan: Plan) -> None:
+    for target in the_plan.targets:
+        for edit in target.edits:
+            log.info(
+                "%s: %s %s %s -> %s",
+                Path(edit.file).name,
+                edit.section,
+                edit.key,
+                edit.old if edit.old is not None else "(added)",
+                edit.new,
+            )
+
+
+def _load_state(state_dir: Path) -> state_file.State | None:
+    try:
+        return state_file.load(state_dir)
+    except IpwatchError as error:
+        log.warning("%s", error)
+        return None
+
+
+def _save_state(state_dir: Path, state: state_file.State, saved: state_file.State | None) -> None:
+    try:
+        state_file.save_if_changed(state_dir, state, saved)
+    except IpwatchError as error:
+        log.warning("%s", error)

@@ -1,0 +1,181 @@
+"""Targets and plans over the corpus: only the NAT values change, byte for byte."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ipwatch import reconcile
+from ipwatch.addresses import Family
+from ipwatch.config import parse
+from ipwatch.errors import ConfFileError
+from ipwatch.plan import Plan
+
+CORPUS = Path(__file__).parent.parent / "data" / "corpus"
+ADDRESSES: dict[Family, str] = {"ipv4": "198.51.100.7", "ipv6": "2001:db8::7"}
+MANAGED_KEYS = ("external_media_address", "external_signaling_address", "externip", "externaddr")
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "seed": ("pjsip", {}),
+    "include-chain": ("pjsip", {}),
+    "templates": ("pjsip", {}),
+    "dual-stack": ("pjsip", {}),
+    "tricky": ("pjsip", {}),
+    "chan_sip": ("chan_sip", {}),
+    "named-transport": ("pjsip", {"transports": ["transport-udp"]}),
+}
+
+
+def copy_case(case: str, tmp_path: Path) -> Path:
+    shutil.copytree(CORPUS / case, tmp_path / case, ignore=shutil.ignore_patterns("expected.*"))
+    return tmp_path / case
+
+
+def plan_case(directory: Path, kind: str, extra: dict[str, Any]) -> Plan:
+    top = directory / ("sip.conf" if kind == "chan_sip" else "pjsip.conf")
+    config = parse(
+        {
+            "families": ["ipv4", "ipv6"],
+            "source": [{"kind": "command", "argv": ["true"]}],
+            "target": [{"kind": kind, "file": str(top), **extra}],
+        }
+    )
+    return reconcile.plan(config, ADDRESSES)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_plan_changes_only_the_nat_values(case: str, tmp_path: Path) -> None:
+    directory = copy_case(case, tmp_path)
+    plan = plan_case(directory, *CASES[case])
+    diff = plan.diff().replace(str(directory), case)
+    assert diff.encode() == (CORPUS / case / "expected.diff").read_bytes()
+    changed = [
+        line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("---", "+++")
+    ]
+    assert changed and all(any(key in line for key in MANAGED_KEYS) for line in changed)
+    for change in plan.changes:
+        old_lines, new_lines = change.old.splitlines(), change.new.splitlines()
+        differing = [(o, n) for o, n in zip(old_lines, new_lines, strict=False) if o != n]
+        if len(old_lines) == len(new_lines):  # value edits: the line keeps its layout and comment
+            for old, new in differing:
+                assert old.replace(b"203.0.113.5", b"X").replace(
+                    b"2001:db8::5", b"X"
+                ) == new.replace(b"198.51.100.7", b"X").replace(b"2001:db8::7", b"X")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_planned_tree_plans_nothing_more(case: str, tmp_path: Path) -> None:
+    directory = copy_case(case, tmp_path)
+    for change in plan_case(directory, *CASES[case]).changes:
+        change.path.write_bytes(change.new)
+    again = plan_case(directory, *CASES[case])
+    assert again.in_sync and again.diff() == ""
+
+
+def test_template_edit_names_the_transports_it_feeds(tmp_path: Path) -> None:
+    plan = plan_case(copy_case("templates", tmp_path), *CASES["templates"])
+    by_key = {(e.section, e.key): e.affects for e in plan.targets[0].edits}
+    assert by_key[("nat-common", "external_media_address")] == (
+        "transport-udp",
+        "transport-tcp",
+        "transport-tls",
+    )
+    # transport-tls sets its own signaling address, so the template's feeds only the other two.
+    assert by_key[("nat-common", "external_signaling_address")] == (
+        "transport-udp",
+        "transport-tcp",
+    )
+    assert by_key[("transport-tls", "external_signaling_address")] == ("transport-tls",)
+
+
+def test_edits_report_file_line_key_old_new(tmp_path: Path) -> None:
+    directory = copy_case("include-chain", tmp_path)
+    edits = plan_case(directory, *CASES["include-chain"]).as_json()[0]["edits"]
+    assert edits[0] | {"file": None} == {
+        "file": None,
+        "line": 5,
+        "key": "external_media_address",
+        "old": "203.0.113.5",
+        "new": "198.51.100.7",
+        "section": "0.0.0.0-udp",
+        "affects": ("0.0.0.0-udp",),
+    }
+    assert edits[0]["file"] == str(directory / "pjsip.transports.conf")
+
+
+def test_a_family_without_an_address_is_left_alone(tmp_path: Path) -> None:
+    directory = copy_case("dual-stack", tmp_path)
+    config = parse(
+        {
+            "families": ["ipv4", "ipv6"],
+            "source": [{"kind": "command", "argv": ["true"]}],
+            "target": [{"kind": "pjsip", "file": str(directory / "pjsip.conf")}],
+        }
+    )
+    plan = reconcile.plan(config, {"ipv4": "198.51.100.7"})
+    assert {e.section for e in plan.targets[0].edits} == {"transport-v4"}
+    assert plan.targets[0].notes == ("transport transport-v6: no confirmed ipv6 address",)
+
+
+@pytest.mark.parametrize(
+    ("case", "kind", "extra", "message"),
+    [
+        ("freepbx-generated", "pjsip", {}, "generated by FreePBX and rewritten on every"),
+        ("externhost", "chan_sip", {}, "chan_sip uses externhost = pbx.example.dyndns.org"),
+        ("seed", "pjsip", {"transports": ["transport-tcp"]}, "no transport named transport-tcp"),
+    ],
+)
+def test_unmanageable_setups_are_refused_with_what_to_do(
+    case: str, kind: str, extra: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfFileError, match=message) as caught:
+        plan_case(copy_case(case, tmp_path), kind, extra)
+    assert caught.value.exit_status == 78
+
+
+def test_realtime_transports_are_refused(tmp_path: Path) -> None:
+    directory = copy_case("seed", tmp_path)
+    (directory / "sorcery.conf").write_text("[res_pjsip]\ntransport=realtime,ps_transports\n")
+    with pytest.raises(ConfFileError, match=r"sorcery.conf:2: PJSIP transports live in realtime"):
+        plan_case(directory, *CASES["seed"])
+
+
+def test_exec_in_a_transport_is_refused(tmp_path: Path) -> None:
+    directory = copy_case("seed", tmp_path)
+    text = (directory / "pjsip.conf").read_text()
+    (directory / "pjsip.conf").write_text(text.replace("allow_reload = no", "#exec /bin/extip"))
+    with pytest.raises(ConfFileError, match=r"may take settings from `#exec /bin/extip`"):
+        plan_case(directory, *CASES["seed"])
+
+
+def test_host_name_values_are_left_with_a_note(tmp_path: Path) -> None:
+    directory = copy_case("seed", tmp_path)
+    text = (directory / "pjsip.conf").read_text()
+    (directory / "pjsip.conf").write_text(
+        text.replace(
+            "external_signaling_address = 203.0.113.5",
+            "external_signaling_address = pbx.example.org",
+        )
+    )
+    target = plan_case(directory, *CASES["seed"]).targets[0]
+    assert [e.key for e in target.edits] == ["external_media_address"]
+    assert target.notes == (
+        "transport transport-udp-nat: external_signaling_address is the host name"
+        " 'pbx.example.org'; left as it is",
+    )
+
+
+def test_chan_sip_keeps_a_port_and_adds_externaddr_when_missing(tmp_path: Path) -> None:
+    directory = tmp_path / "sip"
+    directory.mkdir()
+    (directory / "sip.conf").write_text("[general]\nexternaddr=203.0.113.5:5062\n")
+    edits = plan_case(directory, "chan_sip", {}).targets[0].edits
+    assert [(e.old, e.new) for e in edits] == [("203.0.113.5:5062", "198.51.100.7:5062")]
+    (directory / "sip.conf").write_text("[general]\nudpbindaddr=0.0.0.0\n\n[peer]\ntype=friend\n")
+    plan = plan_case(directory, "chan_sip", {})
+    assert (
+        plan.changes[0].new
+        == b"[general]\nudpbindaddr=0.0.0.0\nexternaddr=198.51.100.7\n\n[peer]\ntype=friend\n"
+    )
