@@ -70,6 +70,8 @@ def check(config: Config, state_dir: Path, *, write: bool) -> dict[str, Any]:
                 decision.winner,
                 decision.agreement,
             )
+    _save_state(state_dir, state, saved)  # what was observed stands even if planning fails
+    saved = state
     addresses = {
         f: d.tracking.address for f, d in decisions.items() if d.confirmed and d.tracking.address
     }
@@ -80,7 +82,7 @@ def check(config: Config, state_dir: Path, *, write: bool) -> dict[str, Any]:
         _log_edits(the_plan)
         result["applied"] = True
         result["asterisk"] = _tell_asterisk(config)
-        state["pending"] = _pending(result["asterisk"], the_plan)
+        state = {**state, "pending": _pending(result["asterisk"], the_plan)}
     _save_state(state_dir, state, saved)
     return result
 

@@ -72,10 +72,14 @@ def ipv6_loopback_available() -> bool:
 
 
 def run_ipwatch(
-    *args: str, config: Path | None = None, state_dir: Path | None = None, timeout: float = 60
+    *args: str,
+    config: Path | None = None,
+    state_dir: Path | None = None,
+    timeout: float = 60,
+    wrapper: list[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess, as a user would."""
-    command = [sys.executable, "-m", "ipwatch"]
+    """Run the real CLI in a subprocess, as a user would (under `wrapper`, e.g. prlimit)."""
+    command = [*(wrapper or []), sys.executable, "-m", "ipwatch"]
     if config is not None:
         command += ["-c", str(config)]
     if state_dir is not None:
