@@ -7,13 +7,17 @@ client, decision engine and report code do the work, so what the demo shows is w
 from __future__ import annotations
 
 import contextlib
-import textwrap
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 from ipwatch import config as config_module
-from ipwatch.config import Config
+from ipwatch.asterisk.conf import load_tree
+from ipwatch.config import Config, TargetConfig
 from ipwatch.decide import Decision, Tracking, decide
+from ipwatch.files import apply_changes
 from ipwatch.observe import observe
+from ipwatch.plan import Loaded, make_plan
 from ipwatch.report import format_sources
 from ipwatch.rounds import policy_of, summary
 from ipwatch.stun_responder import StunResponder
@@ -49,6 +53,8 @@ def run_demo() -> int:
         say("", f"The ISP changes the address: the STUN servers now answer {SECOND}.")
         tracking = step.round(tracking, "Round 3: a new candidate; one round is not enough.")
         tracking = step.round(tracking, "Round 4: the second agreeing round confirms the change.")
+        assert tracking.address is not None
+        _rewrite(tracking.address)
 
         _set(internet, FLAP)
         say("", f"The line flaps: for one round the servers answer {FLAP} ...")
@@ -62,10 +68,47 @@ def run_demo() -> int:
     say(
         "",
         f"Result: {tracking.address}, with {step.changes} confirmed changes in 7 rounds. Next:",
-        "`ipwatch check` runs the same rounds against your sources;",
-        "`ipwatch sources` shows what each source answers.",
+        "`ipwatch sources` shows what each of your sources answers; `ipwatch plan` shows the",
+        "diff for your Asterisk files; `ipwatch check --apply` confirms and rewrites them.",
     )
     return 0
+
+
+EXAMPLE_PJSIP = f"""\
+; An example pjsip.conf, as an admin wrote it: comments and layout are kept byte for byte.
+[transport-udp-nat]
+type = transport
+protocol = udp
+bind = 0.0.0.0:5060
+local_net = 192.168.1.0/24
+external_media_address = {FIRST}      ; the router's public address
+external_signaling_address = {FIRST}
+
+[6001]
+type = endpoint
+transport = transport-udp-nat
+"""
+
+
+def _rewrite(address: str) -> None:
+    """Plan and apply the new address on a temporary copy of an example pjsip.conf."""
+    with tempfile.TemporaryDirectory(prefix="ipwatch-demo-") as temp:
+        directory = Path(temp)
+        pjsip = directory / "pjsip.conf"
+        pjsip.write_text(EXAMPLE_PJSIP)
+        target = TargetConfig(kind="pjsip", file=str(pjsip))
+        plan = make_plan([Loaded(target, load_tree(pjsip), None)], {"ipv4": address})
+        say("", f"Plan: the transports of {pjsip} that set external_* must now say {address}:")
+        say(*("  " + line for line in plan.diff().splitlines()))
+        applied = apply_changes(plan.changes, directory / "state" / "backups")
+        again = make_plan([Loaded(target, load_tree(pjsip), None)], {"ipv4": address})
+        say(
+            "Apply: written atomically (temp file, fsync, rename, fsync of the directory), owner",
+            f"and mode kept, the old version kept in {applied.backups[0]}.",
+            f"A second plan: {'in sync, nothing to write' if again.in_sync else again.diff()}.",
+            "Telling Asterisk (PJSIP reload, call-aware restart, verify) comes in a later release;",
+            'until then use [asterisk] control = "none" and reload Asterisk from a hook.',
+        )
 
 
 class _Stepper:
@@ -104,7 +147,7 @@ def explain(decision: Decision, confirm: int) -> str:
 
 
 def say(*lines: str) -> None:
-    print(textwrap.dedent("\n".join(lines)), flush=True)
+    print("\n".join(lines), flush=True)
 
 
 @contextlib.contextmanager

@@ -179,3 +179,11 @@ def test_chan_sip_keeps_a_port_and_adds_externaddr_when_missing(tmp_path: Path) 
         plan.changes[0].new
         == b"[general]\nudpbindaddr=0.0.0.0\nexternaddr=198.51.100.7\n\n[peer]\ntype=friend\n"
     )
+
+
+def test_a_section_overriding_a_transport_templates_type_is_no_transport(tmp_path: Path) -> None:
+    directory = copy_case("templates", tmp_path)
+    with (directory / "pjsip.conf").open("a") as file:
+        file.write("\n[odd](nat-common)\ntype = endpoint\n")
+    plan = plan_case(directory, *CASES["templates"])
+    assert set(plan.targets[0].expected) == {"transport-udp", "transport-tcp", "transport-tls"}
