@@ -8,19 +8,22 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ipwatch import report, rounds
 from ipwatch import state as state_file
 from ipwatch.addresses import Family
+from ipwatch.asterisk import control
 from ipwatch.asterisk.conf import Document, load_tree
+from ipwatch.asterisk.link import AsteriskError, Link, open_link
 from ipwatch.config import Config, TargetConfig
-from ipwatch.errors import IpwatchError
-from ipwatch.files import Applied, apply_changes, backup_path, clean_stale_temp_files
+from ipwatch.errors import ApplyError, IpwatchError
+from ipwatch.files import Applied, apply_changes, backup_path, clean_stale_temp_files, restore
 from ipwatch.observe import observe
 from ipwatch.plan import Loaded, Plan, make_plan
+from ipwatch.secrets import ami_secret
 
 STARTED = time.time()
 log = logging.getLogger("ipwatch")
@@ -78,25 +81,80 @@ def check(config: Config, state_dir: Path, *, write: bool) -> dict[str, Any]:
     the_plan = plan(config, addresses)
     result = report.check_result(decisions, state, the_plan)
     if write and not the_plan.in_sync:
-        apply(the_plan, state_dir)
+        applied = apply(the_plan, state_dir)
         _log_edits(the_plan)
         result["applied"] = True
-        result["asterisk"] = _tell_asterisk(config)
+        result["asterisk"] = tell_asterisk(config, the_plan, applied)
         state = {**state, "pending": _pending(result["asterisk"], the_plan)}
     _save_state(state_dir, state, saved)
     return result
 
 
-def _tell_asterisk(config: Config) -> dict[str, Any]:
-    if config.asterisk.control == "none" or config.asterisk.apply == "none":
+def tell_asterisk(config: Config, the_plan: Plan, applied: Applied) -> dict[str, Any]:
+    """Reload or restart Asterisk for the written files and verify; roll back if it rejects them.
+
+    Returns the `asterisk` part of the result: action "reload"/"restart"/"none", or "pending"
+    when Asterisk cannot be reached (the files stay: they are right for when it starts).
+    """
+    settings = config.asterisk
+    if settings.control == "none" or settings.apply == "none":
         return {"action": "none", "verified": False}
-    # Talking to Asterisk (AMI / console) is not built yet: the files are right, the reload is owed.
-    return {
-        "action": "pending",
-        "verified": False,
-        "error": "ipwatch cannot tell Asterisk yet; reload it yourself"
-        " (asterisk -rx 'module reload res_pjsip.so', or 'sip reload' for chan_sip)",
-    }
+    kinds = {target.kind for target in the_plan.targets if not target.in_sync}
+    secret = ami_secret(settings.ami.secret_file) if settings.control == "ami" else None
+
+    def connect() -> Link:
+        return open_link(settings, secret)
+
+    try:
+        link = connect()
+        action = control.choose_action(settings.apply, link.version(), kinds)
+    except AsteriskError as error:
+        log.error("asterisk: %s; the reload stays pending", error)
+        return {"action": "pending", "verified": False, "error": str(error)}
+    try:
+        link = _act(link, connect, action, kinds, settings.drain)
+        problems = _problems(link, the_plan) if settings.verify else []
+        if problems:
+            raise AsteriskError("; ".join(problems))
+    except AsteriskError as error:
+        _roll_back(applied, connect, action, kinds, settings.drain)
+        raise ApplyError(
+            f"Asterisk did not take the new address ({error}); the files were rolled back"
+        ) from None
+    finally:
+        link.close()
+    log.info("asterisk: %s done, %s", action, "verified" if settings.verify else "not verified")
+    return {"action": action, "verified": settings.verify}
+
+
+def _act(
+    link: Link, connect: Callable[[], Link], action: str, kinds: set[str], drain: float
+) -> Link:
+    if action == "reload":
+        control.reload(link, kinds)
+        return link
+    link.close()
+    return control.drain_and_restart(connect, drain, lambda line: log.info("asterisk: %s", line))
+
+
+def _problems(link: Link, the_plan: Plan) -> list[str]:
+    return [
+        problem
+        for target in the_plan.targets
+        if not target.in_sync
+        for problem in control.mismatches(link, target.kind, target.expected)
+    ]
+
+
+def _roll_back(
+    applied: Applied, connect: Callable[[], Link], action: str, kinds: set[str], drain: float
+) -> None:
+    restore(applied)
+    try:
+        link = _act(connect(), connect, action, kinds, drain)
+        link.close()
+    except AsteriskError as error:
+        log.error("asterisk: after rolling back the files: %s", error)
 
 
 def _pending(asterisk: Mapping[str, Any], the_plan: Plan) -> list[str]:

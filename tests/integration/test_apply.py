@@ -115,7 +115,9 @@ def test_a_failed_write_leaves_every_file_and_exits_3(tmp_path: Path) -> None:
 
 
 def test_without_asterisk_control_the_reload_is_recorded_as_pending(tmp_path: Path) -> None:
-    config, _ = setup_case("seed", tmp_path, control="ami")
+    config, _ = setup_case("seed", tmp_path, control="console")
+    with config.open("a") as file:
+        file.write(f'console_socket = "{tmp_path / "asterisk.ctl"}"\n')  # nothing listens there
     finished = run_ipwatch("check", "--apply", "--json", config=config, state_dir=tmp_path)
     assert finished.returncode == 3
     assert json.loads(finished.stdout)["asterisk"]["action"] == "pending"

@@ -1,0 +1,180 @@
+"""`check --apply` against the test Asterisk: reload or drain + restart, verify, roll back."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+from tests.peers.asterisk import DEFAULT_SECRET, AsteriskServer
+from tests.support import run_ipwatch, wait_until
+
+OLD, NEW = "198.51.100.5", "198.51.100.7"
+PJSIP = f"""\
+[transport-udp-nat]
+type = transport
+protocol = udp
+bind = 127.0.0.1:5070
+external_media_address = {OLD}
+external_signaling_address = {OLD}
+local_net = 127.0.0.0/8
+allow_reload = no
+"""
+SIP = f"[general]\nudpbindaddr=127.0.0.1:5080\nexternaddr={OLD}\n"
+Factory = Callable[..., AsteriskServer]
+
+
+def write_config(
+    tmp_path: Path, server: AsteriskServer, kind: str = "pjsip", **asterisk: str
+) -> Path:
+    secret = tmp_path / "ami.secret"
+    secret.write_text(DEFAULT_SECRET + "\n")
+    secret.chmod(0o600)
+    file = server.config_dir / ("pjsip.conf" if kind == "pjsip" else "sip.conf")
+    settings = {"control": "ami", "drain": "1s"} | asterisk
+    lines = "".join(f'{key} = "{value}"\n' for key, value in settings.items())
+    config = tmp_path / "ipwatch.toml"
+    config.write_text(
+        f'confirm = 1\naccept = ["198.51.100.0/24"]\n'
+        f'[[source]]\nkind = "command"\nargv = ["echo", "{NEW}"]\n'
+        f'[[target]]\nkind = "{kind}"\nfile = "{file}"\n'
+        f'[asterisk]\n{lines}console_socket = "{server.console_path}"\n'
+        f'ami = {{ host = "127.0.0.1", port = {server.ami_port}, username = "ipwatch",'
+        f' secret_file = "{secret}" }}\n'
+    )
+    return config
+
+
+def apply(tmp_path: Path, config: Path) -> tuple[int, dict[str, Any], str]:
+    finished = run_ipwatch(
+        "check", "--apply", "--json", config=config, state_dir=tmp_path / "state"
+    )
+    result = json.loads(finished.stdout) if finished.stdout.startswith("{") else {}
+    return finished.returncode, result, finished.stderr
+
+
+def shown(server: AsteriskServer, key: str) -> str:
+    rows = dict(server.transport_rows("transport-udp-nat") or [])
+    return rows[key]
+
+
+@pytest.mark.parametrize("version", ["20.11.0", "18.20.0", "22.10.1", "16.18.0"])
+@pytest.mark.parametrize("control", ["ami", "console"])
+def test_modern_pjsip_reloads_reregisters_and_verifies(
+    version: str, control: Literal["ami", "console"], tmp_path: Path, test_asterisk_factory: Factory
+) -> None:
+    server = test_asterisk_factory(files={"pjsip.conf": PJSIP}, version=version)
+    status, result, stderr = apply(tmp_path, write_config(tmp_path, server, control=control))
+    assert status == 0, stderr
+    assert result["asterisk"] == {"action": "reload", "verified": True}
+    commands = server.commands(via=control)
+    assert "module reload res_pjsip.so" in commands and "pjsip send register *all" in commands
+    assert commands.index("module reload res_pjsip.so") < commands.index("pjsip send register *all")
+    assert "core restart now" not in commands and server.restart_count == 0
+    assert shown(server, "external_media_address") == NEW
+    assert server.effective_transport("transport-udp-nat") is not None
+
+
+@pytest.mark.parametrize("version", ["16.10.0", "18.3.0", "17.9.0"])
+def test_old_pjsip_restarts_when_no_call_is_active(
+    version: str, tmp_path: Path, test_asterisk_factory: Factory
+) -> None:
+    server = test_asterisk_factory(
+        files={"pjsip.conf": PJSIP}, version=version, restart_downtime=0.2
+    )
+    status, result, stderr = apply(tmp_path, write_config(tmp_path, server))
+    assert status == 0, stderr
+    assert result["asterisk"] == {"action": "restart", "verified": True}
+    assert server.restart_count == 1
+    assert "module reload res_pjsip.so" not in server.commands()
+    assert shown(server, "external_signaling_address") == NEW
+
+
+def test_restart_waits_for_calls_to_end(tmp_path: Path, test_asterisk_factory: Factory) -> None:
+    server = test_asterisk_factory(
+        files={"pjsip.conf": PJSIP}, version="16.10.0", restart_downtime=0.2
+    )
+    server.set_calls(1)
+
+    def hang_up_after_the_first_count() -> None:
+        wait_until(lambda: "core show channels count" in server.commands(), 20, "a call count")
+        server.set_calls(0)
+
+    hangup = threading.Thread(target=hang_up_after_the_first_count)
+    hangup.start()
+    status, result, stderr = apply(tmp_path, write_config(tmp_path, server, drain="30s"))
+    hangup.join()
+    assert status == 0, stderr
+    assert "waiting for 1 call until" in stderr
+    counts = server.commands().count("core show channels count")
+    assert counts >= 2 and server.restart_count == 1
+    assert result["asterisk"]["action"] == "restart"
+
+
+def test_restart_happens_when_drain_runs_out(
+    tmp_path: Path, test_asterisk_factory: Factory
+) -> None:
+    server = test_asterisk_factory(
+        files={"pjsip.conf": PJSIP}, version="16.10.0", restart_downtime=0.2
+    )
+    server.set_calls(2)
+    status, _, stderr = apply(tmp_path, write_config(tmp_path, server, drain="500ms"))
+    assert status == 0, stderr
+    assert "waiting for 2 calls until" in stderr and server.restart_count == 1
+
+
+def test_chan_sip_uses_sip_reload(tmp_path: Path, test_asterisk_factory: Factory) -> None:
+    server = test_asterisk_factory(files={"sip.conf": SIP, "pjsip.conf": ""}, version="18.20.0")
+    status, result, stderr = apply(tmp_path, write_config(tmp_path, server, kind="chan_sip"))
+    assert status == 0, stderr
+    assert result["asterisk"] == {"action": "reload", "verified": True}
+    assert "sip reload" in server.commands()
+    assert "module reload res_pjsip.so" not in server.commands()
+
+
+def test_a_rejected_config_is_rolled_back(tmp_path: Path, test_asterisk_factory: Factory) -> None:
+    server = test_asterisk_factory(files={"pjsip.conf": PJSIP}, version="20.11.0")
+    server.faults = replace(server.faults, reject_reload=True)
+    before = (server.config_dir / "pjsip.conf").read_bytes()
+    status, _, stderr = apply(tmp_path, write_config(tmp_path, server))
+    assert status == 3
+    assert "Asterisk did not take the new address" in stderr and "rolled back" in stderr
+    assert (server.config_dir / "pjsip.conf").read_bytes() == before
+    assert server.commands().count("module reload res_pjsip.so") == 2  # the new files, then the old
+    assert shown(server, "external_media_address") == OLD
+
+
+def test_a_wrong_secret_is_one_sentence_and_exit_3(
+    tmp_path: Path, test_asterisk_factory: Factory
+) -> None:
+    server = test_asterisk_factory(files={"pjsip.conf": PJSIP}, failed_login_delay=0.05)
+    config = write_config(tmp_path, server)
+    (tmp_path / "ami.secret").write_text("Zq9-not-the-secret\n")
+    status, result, stderr = apply(tmp_path, config)
+    assert status == 3
+    assert result["asterisk"]["action"] == "pending"
+    assert "rejected the username or secret" in result["asterisk"]["error"]
+    assert "Zq9" not in stderr + json.dumps(result)  # the secret is never shown
+
+
+def test_a_readable_secret_file_is_refused(tmp_path: Path, test_asterisk_factory: Factory) -> None:
+    server = test_asterisk_factory(files={"pjsip.conf": PJSIP})
+    config = write_config(tmp_path, server)
+    (tmp_path / "ami.secret").chmod(0o644)
+    status, _, stderr = apply(tmp_path, config)
+    assert status == 78 and "readable by group or others; run chmod 600" in stderr
+
+
+def test_asterisk_not_running_leaves_the_files_and_a_pending_reload(
+    tmp_path: Path, test_asterisk_factory: Factory
+) -> None:
+    server = test_asterisk_factory(files={"pjsip.conf": PJSIP}, running=False)
+    status, result, _ = apply(tmp_path, write_config(tmp_path, server))
+    assert status == 3 and result["asterisk"]["action"] == "pending"
+    assert f"external_media_address = {NEW}" in (server.config_dir / "pjsip.conf").read_text()
+    assert "pending: reload Asterisk" in run_ipwatch("status", state_dir=tmp_path / "state").stdout
