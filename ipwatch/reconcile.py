@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +85,26 @@ def check(config: Config, state_dir: Path, *, write: bool) -> dict[str, Any]:
         applied = apply(the_plan, state_dir)
         _log_edits(the_plan)
         result["applied"] = True
-        result["asterisk"] = tell_asterisk(config, the_plan, applied)
+        waiting = state
+
+        def show_progress(line: str) -> None:
+            # `ipwatch status` run meanwhile says why nothing seems to happen.
+            nonlocal waiting
+            log.info("asterisk: %s", line)
+            updated = {**state, "pending": [f"restart Asterisk: {line}"]}
+            _save_state(state_dir, updated, waiting)
+            waiting = updated
+
+        result["asterisk"] = tell_asterisk(config, the_plan, applied, show_progress)
+        saved = waiting
         state = {**state, "pending": _pending(result["asterisk"], the_plan)}
     _save_state(state_dir, state, saved)
     return result
 
 
-def tell_asterisk(config: Config, the_plan: Plan, applied: Applied) -> dict[str, Any]:
+def tell_asterisk(
+    config: Config, the_plan: Plan, applied: Applied, progress: control.Progress
+) -> dict[str, Any]:
     """Reload or restart Asterisk for the written files and verify; roll back if it rejects them.
 
     Returns the `asterisk` part of the result: action "reload"/"restart"/"none", or "pending"
@@ -99,25 +113,27 @@ def tell_asterisk(config: Config, the_plan: Plan, applied: Applied) -> dict[str,
     settings = config.asterisk
     if settings.control == "none" or settings.apply == "none":
         return {"action": "none", "verified": False}
-    kinds = {target.kind for target in the_plan.targets if not target.in_sync}
     secret = ami_secret(settings.ami.secret_file) if settings.control == "ami" else None
-
-    def connect() -> Link:
-        return open_link(settings, secret)
-
+    teller = _Teller(
+        connect=lambda: open_link(settings, secret),
+        kinds={target.kind for target in the_plan.targets if not target.in_sync},
+        drain=settings.drain,
+        progress=progress,
+    )
     try:
-        link = connect()
-        action = control.choose_action(settings.apply, link.version(), kinds)
+        link = teller.connect()
+        action = control.choose_action(settings.apply, link.version(), teller.kinds)
     except AsteriskError as error:
         log.error("asterisk: %s; the reload stays pending", error)
         return {"action": "pending", "verified": False, "error": str(error)}
     try:
-        link = _act(link, connect, action, kinds, settings.drain)
+        link = teller.act(link, action)
         problems = _problems(link, the_plan) if settings.verify else []
         if problems:
             raise AsteriskError("; ".join(problems))
     except AsteriskError as error:
-        _roll_back(applied, connect, action, kinds, settings.drain)
+        restore(applied)
+        teller.again(action)
         raise ApplyError(
             f"Asterisk did not take the new address ({error}); the files were rolled back"
         ) from None
@@ -127,14 +143,28 @@ def tell_asterisk(config: Config, the_plan: Plan, applied: Applied) -> dict[str,
     return {"action": action, "verified": settings.verify}
 
 
-def _act(
-    link: Link, connect: Callable[[], Link], action: str, kinds: set[str], drain: float
-) -> Link:
-    if action == "reload":
-        control.reload(link, kinds)
-        return link
-    link.close()
-    return control.drain_and_restart(connect, drain, lambda line: log.info("asterisk: %s", line))
+@dataclass(frozen=True)
+class _Teller:
+    """How to reach Asterisk and what to make it re-read."""
+
+    connect: Callable[[], Link]
+    kinds: set[str]
+    drain: float
+    progress: control.Progress
+
+    def act(self, link: Link, action: str) -> Link:
+        if action == "reload":
+            control.reload(link, self.kinds)
+            return link
+        link.close()
+        return control.drain_and_restart(self.connect, self.drain, self.progress)
+
+    def again(self, action: str) -> None:
+        """After a roll-back: make Asterisk re-read the restored files."""
+        try:
+            self.act(self.connect(), action).close()
+        except AsteriskError as error:
+            log.error("asterisk: after rolling back the files: %s", error)
 
 
 def _problems(link: Link, the_plan: Plan) -> list[str]:
@@ -144,17 +174,6 @@ def _problems(link: Link, the_plan: Plan) -> list[str]:
         if not target.in_sync
         for problem in control.mismatches(link, target.kind, target.expected)
     ]
-
-
-def _roll_back(
-    applied: Applied, connect: Callable[[], Link], action: str, kinds: set[str], drain: float
-) -> None:
-    restore(applied)
-    try:
-        link = _act(connect(), connect, action, kinds, drain)
-        link.close()
-    except AsteriskError as error:
-        log.error("asterisk: after rolling back the files: %s", error)
 
 
 def _pending(asterisk: Mapping[str, Any], the_plan: Plan) -> list[str]:

@@ -191,11 +191,11 @@ class AmiLink:
         self._ids = itertools.count(1)
         self._version: str | None = None
         self._lock = threading.Lock()
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.where = f"Asterisk's manager interface at {address}"
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.where = f"Asterisk's manager interface at {self.address}"
 
     def __repr__(self) -> str:
-        return f"AmiLink({self.username!r} at {self.where.rpartition(' ')[2]})"
+        return f"AmiLink({self.username!r} at {self.address})"
 
     def command(self, text: str, timeout: float) -> str:
         """Run a CLI command through the Command action and return its output.
@@ -324,9 +324,8 @@ class AmiLink:
         assert self._wire is not None
         banner = self._wire.line(call)
         if not banner.startswith(BANNER):
-            address = self.where.rpartition(" ")[2]
             raise AsteriskProtocolError(
-                f"{address} is not Asterisk's manager interface (it said {banner[:60]!r})"
+                f"{self.address} is not Asterisk's manager interface (it said {banner[:60]!r})"
             )
         _log.debug("%s: %s", self.where, banner)
 

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from tests.peers.asterisk import (
     AsteriskFactory,
     AsteriskServer,
 )
-from tests.support import wait_until
+from tests.support import ipv6_loopback_available, missing, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -405,12 +406,47 @@ def test_ami_not_running_is_refused(test_asterisk_factory: AsteriskFactory) -> N
     assert raised.value.exit_status == 3
 
 
-def test_something_else_on_the_ami_port_is_not_taken_for_asterisk() -> None:
+def test_ami_over_ipv6_loopback(test_asterisk_factory: AsteriskFactory) -> None:
+    if not ipv6_loopback_available():
+        missing("no IPv6 loopback here")
+    server = test_asterisk_factory(host="::1")
+    with contextlib.closing(ami(server)) as link:
+        assert link.version() == "22.10.1"
+        server.halt()
+        with pytest.raises(AsteriskUnavailable, match=rf"at \[::1\]:{server.ami_port} refused"):
+            link.command("core show version", DEADLINE)
+
+
+def test_a_silent_peer_on_the_ami_port_times_out() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
         link = AmiLink("127.0.0.1", port, DEFAULT_USER, DEFAULT_SECRET)
-        with contextlib.closing(link), pytest.raises(AsteriskTimeout):
+        with contextlib.closing(link), pytest.raises(AsteriskTimeout) as raised:
             link.command("core show version", 0.2)  # accepted by the backlog, never greeted
+    assert str(raised.value).endswith("did not answer its greeting within 0.2 s")
+
+
+def test_something_else_on_the_ami_port_is_not_taken_for_asterisk() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(DEADLINE)
+        port = listener.getsockname()[1]
+
+        def greet_like_ssh() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+                connection.recv(1)  # until the client hangs up
+
+        peer = threading.Thread(target=greet_like_ssh)
+        peer.start()
+        link = AmiLink("127.0.0.1", port, DEFAULT_USER, DEFAULT_SECRET)
+        with contextlib.closing(link), pytest.raises(AsteriskProtocolError) as raised:
+            link.command("core show version", DEADLINE)
+        peer.join(DEADLINE)
+    assert str(raised.value) == (
+        f"127.0.0.1:{port} is not Asterisk's manager interface "
+        "(it said 'SSH-2.0-OpenSSH_9.2p1 Debian-2')"
+    )
 
 
 def test_console_not_running_means_no_socket(test_asterisk_factory: AsteriskFactory) -> None:

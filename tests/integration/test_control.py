@@ -101,11 +101,15 @@ def test_restart_waits_for_calls_to_end(tmp_path: Path, test_asterisk_factory: F
     )
     server.set_calls(1)
 
-    def hang_up_after_the_first_count() -> None:
-        wait_until(lambda: "core show channels count" in server.commands(), 20, "a call count")
+    def hang_up_once_status_shows_the_wait() -> None:
+        def waiting() -> bool:
+            status = run_ipwatch("status", state_dir=tmp_path / "state").stdout
+            return "restart Asterisk: waiting for 1 call until" in status
+
+        wait_until(waiting, 20, "`ipwatch status` to show the drain")
         server.set_calls(0)
 
-    hangup = threading.Thread(target=hang_up_after_the_first_count)
+    hangup = threading.Thread(target=hang_up_once_status_shows_the_wait)
     hangup.start()
     status, result, stderr = apply(tmp_path, write_config(tmp_path, server, drain="30s"))
     hangup.join()
