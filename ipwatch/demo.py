@@ -13,11 +13,12 @@ from pathlib import Path
 
 from ipwatch import config as config_module
 from ipwatch.asterisk.conf import load_tree
+from ipwatch.asterisk.control import choose_action
 from ipwatch.config import Config, TargetConfig
 from ipwatch.decide import Decision, Tracking, decide
 from ipwatch.files import apply_changes
 from ipwatch.observe import observe
-from ipwatch.plan import Loaded, make_plan
+from ipwatch.plan import Loaded, Plan, make_plan
 from ipwatch.report import format_sources
 from ipwatch.rounds import policy_of, summary
 from ipwatch.stun_responder import StunResponder
@@ -106,9 +107,29 @@ def _rewrite(address: str) -> None:
             "Apply: written atomically (temp file, fsync, rename, fsync of the directory), owner",
             f"and mode kept, the old version kept in {applied.backups[0]}.",
             f"A second plan: {'in sync, nothing to write' if again.in_sync else again.diff()}.",
-            "Telling Asterisk (PJSIP reload, call-aware restart, verify) comes in a later release;",
-            'until then use [asterisk] control = "none" and reload Asterisk from a hook.',
         )
+        _explain_control(plan)
+
+
+def _explain_control(plan: Plan) -> None:
+    """What ipwatch would tell Asterisk next (no Asterisk runs in the demo)."""
+    transports = sorted({t for target in plan.targets for t in target.expected})
+    verify = [f"pjsip show transport {name}" for name in transports]
+    say("", "Next ipwatch tells Asterisk, over AMI or its console socket (not run in the demo):")
+    for version in ("20.11.0", "16.10.0"):
+        action = choose_action("auto", version, {"pjsip"})
+        if action == "reload":
+            steps = ["module reload res_pjsip.so", "pjsip send register *all", *verify]
+        else:
+            steps = [
+                "core show channels count (until 0 calls, or `drain` runs out)",
+                "core restart now",
+                *verify,
+            ]
+        say(f"  Asterisk {version} -> {action}: " + "; ".join(steps))
+    say(
+        "  Should Asterisk not show the new values, the files are rolled back and it is told again."
+    )
 
 
 class _Stepper:

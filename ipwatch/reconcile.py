@@ -133,7 +133,7 @@ def tell_asterisk(
             raise AsteriskError("; ".join(problems))
     except AsteriskError as error:
         restore(applied)
-        teller.again(action)
+        teller.again(action, _old_values(the_plan))
         raise ApplyError(
             f"Asterisk did not take the new address ({error}); the files were rolled back"
         ) from None
@@ -159,12 +159,33 @@ class _Teller:
         link.close()
         return control.drain_and_restart(self.connect, self.drain, self.progress)
 
-    def again(self, action: str) -> None:
-        """After a roll-back: make Asterisk re-read the restored files."""
+    def again(self, action: str, old: Mapping[str, Mapping[str, Mapping[str, str]]]) -> None:
+        """After a roll-back: make Asterisk re-read the restored files, and check it shows `old`."""
         try:
-            self.act(self.connect(), action).close()
+            link = self.act(self.connect(), action)
+            try:
+                problems = [
+                    p
+                    for kind, values in old.items()
+                    for p in control.mismatches(link, kind, values)
+                ]
+            finally:
+                link.close()
         except AsteriskError as error:
-            log.error("asterisk: after rolling back the files: %s", error)
+            problems = [str(error)]
+        for problem in problems:
+            log.error("asterisk: after rolling back the files: %s", problem)
+
+
+def _old_values(the_plan: Plan) -> dict[str, dict[str, dict[str, str]]]:
+    """kind -> section -> key -> the value each edit replaced (added keys had none)."""
+    old: dict[str, dict[str, dict[str, str]]] = {}
+    for target in the_plan.targets:
+        for edit in target.edits:
+            for section in edit.affects if edit.old is not None else ():
+                values = old.setdefault(target.kind, {}).setdefault(section, {})
+                values[edit.key] = control.host_of(edit.old or "")
+    return old
 
 
 def _problems(link: Link, the_plan: Plan) -> list[str]:

@@ -8,7 +8,7 @@ protocol has no end marker, so a connection cut short looks like a short output.
 
 Verbose messages and log lines are sent to every console, this one included. ast_remotecontrol
 drops lines whose first byte is negative as a signed char: logger.c prefixes verbose messages
-with a "magic" byte -(level + 1). Asterisk before 12 used byte 127 for the same purpose. Each
+with a "magic" byte -(level + 1); older releases marked them with byte 127 instead. Each
 command opens its own connection, as `asterisk -rx` does.
 """
 

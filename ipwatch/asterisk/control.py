@@ -145,7 +145,7 @@ def mismatches(link: Link, kind: str, expected: Mapping[str, Mapping[str, str]])
         shown = shown_values(link, kind, section)
         for key, value in values.items():
             seen = _shown(shown, kind, key)
-            if seen is None or _host(seen) != value:
+            if seen is None or host_of(seen) != value:
                 problems.append(
                     f"{section} {key}: Asterisk shows {seen or 'nothing'}, expected {value}"
                 )
@@ -159,6 +159,7 @@ def _shown(shown: Mapping[str, str], kind: str, key: str) -> str | None:
     return shown.get("externaddr") or shown.get("externip")
 
 
-def _host(value: str) -> str:
+def host_of(value: str) -> str:
+    """The address of an `address:port` value (chan_sip allows one), else the value."""
     host, colon, port = value.rpartition(":")
     return host if colon and port.isdigit() and ":" not in host else value

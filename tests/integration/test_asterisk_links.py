@@ -518,8 +518,8 @@ def test_console_refuses_commands_the_socket_cannot_carry(test_asterisk: Asteris
 
 
 def test_console_drops_verbose_lines_as_asterisk_rx_does() -> None:
-    """logger.c prefixes verbose messages with -(level + 1) (0xFE for level 1); < 12 used 127.
-    A verbose message split across reads, or without a final newline, goes whole."""
+    """logger.c prefixes verbose messages with -(level + 1) (0xFE for level 1); older releases
+    used 127. A verbose message split across reads, or without a final newline, goes whole."""
     received = (
         b"\xfe    -- Reloading module 'res_pjsip.so' (Basic SIP resource)\n"
         b"Module 'res_pjsip.so' reloaded successfully.\n"

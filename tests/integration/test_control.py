@@ -182,3 +182,18 @@ def test_asterisk_not_running_leaves_the_files_and_a_pending_reload(
     assert status == 3 and result["asterisk"]["action"] == "pending"
     assert f"external_media_address = {NEW}" in (server.config_dir / "pjsip.conf").read_text()
     assert "pending: reload Asterisk" in run_ipwatch("status", state_dir=tmp_path / "state").stdout
+
+
+def test_a_dropped_connection_during_the_reload_rolls_back(
+    tmp_path: Path, test_asterisk_factory: Factory
+) -> None:
+    server = test_asterisk_factory(files={"pjsip.conf": PJSIP}, version="20.11.0")
+    server.faults = replace(server.faults, drop_commands=("pjsip send register",))
+    before = (server.config_dir / "pjsip.conf").read_bytes()
+    status, _, stderr = apply(tmp_path, write_config(tmp_path, server))
+    assert status == 3 and "rolled back" in stderr
+    assert (server.config_dir / "pjsip.conf").read_bytes() == before
+    # the reload before the drop applied the restored (old) values again
+    assert shown(server, "external_media_address") == OLD
+    # the fault stays on, so telling Asterisk again after the roll-back fails too, and says so
+    assert "asterisk: after rolling back the files: " in stderr
