@@ -151,6 +151,7 @@ def test_a_rejected_config_is_rolled_back(tmp_path: Path, test_asterisk_factory:
     assert (server.config_dir / "pjsip.conf").read_bytes() == before
     assert server.commands().count("module reload res_pjsip.so") == 2  # the new files, then the old
     assert shown(server, "external_media_address") == OLD
+    assert "after rolling back the files" not in stderr  # it shows the old values again
 
 
 def test_a_wrong_secret_is_one_sentence_and_exit_3(
