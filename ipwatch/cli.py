@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         _check,
         "observe, confirm and compare with the targets once",
-        "Exit: 0 in sync (or applied), 1 drift found and not applied, 2 no confirmed address,"
-        " 3 applying failed (files rolled back) or Asterisk still has to be told.",
+        "Exit: 0 in sync (or applied and verified), 1 drift found and not applied, 2 no confirmed"
+        " address, 3 apply or verify failed (files rolled back) or the reload is pending.",
         json=True,
     )
     check.add_argument(

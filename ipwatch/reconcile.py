@@ -20,7 +20,7 @@ from ipwatch.asterisk import control
 from ipwatch.asterisk.conf import Document, load_tree
 from ipwatch.asterisk.link import AsteriskError, Link, open_link
 from ipwatch.config import Config, TargetConfig
-from ipwatch.errors import ApplyError, IpwatchError
+from ipwatch.errors import IpwatchError
 from ipwatch.files import Applied, apply_changes, backup_path, clean_stale_temp_files, restore
 from ipwatch.observe import observe
 from ipwatch.plan import Loaded, Plan, make_plan
@@ -134,9 +134,9 @@ def tell_asterisk(
     except AsteriskError as error:
         restore(applied)
         teller.again(action, _old_values(the_plan))
-        raise ApplyError(
-            f"Asterisk did not take the new address ({error}); the files were rolled back"
-        ) from None
+        reason = f"Asterisk did not take the new address ({error}); the files were rolled back"
+        log.error("asterisk: %s", reason)
+        return {"action": action, "verified": False, "rolled_back": True, "error": reason}
     finally:
         link.close()
     log.info("asterisk: %s done, %s", action, "verified" if settings.verify else "not verified")

@@ -35,8 +35,11 @@ def check_exit_status(result: Mapping[str, Any]) -> int:
     families = [result[f] for f in FAMILIES if result.get(f) is not None]
     if not families or not all(f["confirmed"] for f in families):
         return 2
+    asterisk = result["asterisk"] or {}
+    if asterisk.get("rolled_back") or asterisk.get("action") == "pending":
+        return 3
     if result["applied"]:
-        return 3 if result["asterisk"]["action"] == "pending" else 0
+        return 0
     return 0 if result["in_sync"] else 1
 
 

@@ -145,9 +145,16 @@ def test_a_rejected_config_is_rolled_back(tmp_path: Path, test_asterisk_factory:
     server = test_asterisk_factory(files={"pjsip.conf": PJSIP}, version="20.11.0")
     server.faults = replace(server.faults, reject_reload=True)
     before = (server.config_dir / "pjsip.conf").read_bytes()
-    status, _, stderr = apply(tmp_path, write_config(tmp_path, server))
+    status, result, stderr = apply(tmp_path, write_config(tmp_path, server))
     assert status == 3
     assert "Asterisk did not take the new address" in stderr and "rolled back" in stderr
+    assert result["asterisk"] | {"error": None} == {
+        "action": "reload",
+        "verified": False,
+        "rolled_back": True,
+        "error": None,
+    }
+    assert "transport-udp-nat external_media_address: Asterisk shows" in result["asterisk"]["error"]
     assert (server.config_dir / "pjsip.conf").read_bytes() == before
     assert server.commands().count("module reload res_pjsip.so") == 2  # the new files, then the old
     assert shown(server, "external_media_address") == OLD
