@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from ipwatch import schema
-from ipwatch.addresses import Family, IPNetwork
+from ipwatch.addresses import Family
 from ipwatch.errors import ConfigError
 from ipwatch.redact import MASK, mask_userinfo
 from ipwatch.schema import Duration, Network, Parser, PositiveInt
@@ -107,10 +107,6 @@ class Config:
     @property
     def targets(self) -> tuple[TargetConfig, ...]:
         return self.target
-
-    @property
-    def accept_networks(self) -> tuple[IPNetwork, ...]:
-        return self.accept
 
 
 def default_path() -> str:

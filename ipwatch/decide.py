@@ -83,11 +83,6 @@ class Decision:
     def agreement(self) -> str:
         return f"{self.votes}/{len(self.verdicts)}"
 
-    @property
-    def pending(self) -> bool:
-        """A new candidate is seen but not yet confirmed: rounds should come faster."""
-        return self.tracking.candidate is not None
-
 
 def decide(
     family: Family, observations: list[Observation], tracking: Tracking, policy: Policy

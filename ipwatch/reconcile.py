@@ -58,9 +58,11 @@ def apply(plan: Plan, state_dir: Path) -> Applied:
 def check(config: Config, state_dir: Path, *, write: bool) -> dict[str, Any]:
     """One full `check`: confirm the addresses, record them, plan, and with `write` apply.
 
-    Returns the SPEC.md result object; ApplyError propagates after the files were rolled back.
+    Returns the SPEC.md result object. ApplyError propagates when a file cannot be written (the
+    files are then as they were); Asterisk's rejection is reported in the result instead.
     """
     saved = _load_state(state_dir)
+    writer = _StateWriter(state_dir, saved)
     trackings = {family: rounds.tracking_from(saved, family) for family in config.families}
     decisions = rounds.settle(config, trackings, observe)
     state = saved or state_file.empty()
@@ -74,8 +76,7 @@ def check(config: Config, state_dir: Path, *, write: bool) -> dict[str, Any]:
                 decision.winner,
                 decision.agreement,
             )
-    _save_state(state_dir, state, saved)  # what was observed stands even if planning fails
-    saved = state
+    writer.save(state)  # what was observed stands even if planning fails
     addresses = {
         f: d.tracking.address for f, d in decisions.items() if d.confirmed and d.tracking.address
     }
@@ -85,20 +86,15 @@ def check(config: Config, state_dir: Path, *, write: bool) -> dict[str, Any]:
         applied = apply(the_plan, state_dir)
         _log_edits(the_plan)
         result["applied"] = True
-        waiting = state
 
         def show_progress(line: str) -> None:
             # `ipwatch status` run meanwhile says why nothing seems to happen.
-            nonlocal waiting
             log.info("asterisk: %s", line)
-            updated = {**state, "pending": [f"restart Asterisk: {line}"]}
-            _save_state(state_dir, updated, waiting)
-            waiting = updated
+            writer.save({**state, "pending": [f"restart Asterisk: {line}"]})
 
         result["asterisk"] = tell_asterisk(config, the_plan, applied, show_progress)
-        saved = waiting
         state = {**state, "pending": _pending(result["asterisk"], the_plan)}
-    _save_state(state_dir, state, saved)
+    writer.save(state)
     return result
 
 
@@ -225,8 +221,17 @@ def _load_state(state_dir: Path) -> state_file.State | None:
         return None
 
 
-def _save_state(state_dir: Path, state: state_file.State, saved: state_file.State | None) -> None:
-    try:
-        state_file.save_if_changed(state_dir, state, saved)
-    except IpwatchError as error:
-        log.warning("%s", error)
+class _StateWriter:
+    """Saves the state when it changed since the last save; a failure is a warning, not fatal."""
+
+    def __init__(self, state_dir: Path, saved: state_file.State | None) -> None:
+        self.state_dir = state_dir
+        self.saved = saved
+
+    def save(self, state: state_file.State) -> None:
+        try:
+            state_file.save_if_changed(self.state_dir, state, self.saved)
+        except IpwatchError as error:
+            log.warning("%s", error)
+            return
+        self.saved = state

@@ -16,7 +16,6 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Literal
 
 from ipwatch.asterisk.link import AsteriskError, Link
@@ -32,13 +31,6 @@ BOOT_TIMEOUT = 120.0
 _VERSION = re.compile(r"(\d+)\.(\d+)")
 _CALLS = re.compile(r"^(\d+)(?: of \d+ max)? active calls?\b", re.MULTILINE)
 _ROW = re.compile(r"^\s*(\S+)\s+:\s?(.*?)\s*$", re.MULTILINE)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    action: Action
-    verified: bool
-    detail: str = ""
 
 
 def version_tuple(version: str) -> tuple[int, int]:
