@@ -49,6 +49,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     client: str
+    body: bytes = b""  # what a POST sent
 
 
 @dataclass
@@ -89,6 +90,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(Route(status=204))
             return
         peer.seen.append(Seen(self.path, dict(self.headers.items()), self._client()))
+        self._send(peer.routes.get(self.path, Route(status=404, body=b"no such route\n")))
+
+    def do_POST(self) -> None:
+        peer = self.server.peer
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        peer.seen.append(Seen(self.path, dict(self.headers.items()), self._client(), body))
         self._send(peer.routes.get(self.path, Route(status=404, body=b"no such route\n")))
 
     def _send(self, route: Route) -> None:
