@@ -8,16 +8,17 @@ import os
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from ipwatch import schema
+from ipwatch import plugins, schema
 from ipwatch.addresses import Family
 from ipwatch.errors import ConfigError
 from ipwatch.redact import MASK, mask_userinfo
 from ipwatch.schema import Duration, Network, Parser, PositiveInt
-from ipwatch.sources import BUILTIN_KINDS, kind_module, serves
+from ipwatch.sources import serves
 
 DEFAULT_PATH = "/etc/ipwatch/ipwatch.toml"
+T = TypeVar("T")
 
 
 def parse_quorum(value: Any) -> int | Literal["majority"]:
@@ -34,12 +35,15 @@ def parse_quorum(value: Any) -> int | Literal["majority"]:
 Quorum = Annotated[int | Literal["majority"], Parser(parse_quorum)]
 
 
+_NOT_A_KEY = {"toml": False}
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     kind: str
     name: str
-    timeout: float
-    options: Any  # the kind module's Options dataclass
+    timeout: Duration
+    options: Any = field(metadata=_NOT_A_KEY)  # the kind module's Options dataclass
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,26 @@ class _SourceCommon:
     kind: str
     name: str | None = None
     timeout: Duration = 2.0
+
+
+@dataclass(frozen=True)
+class UpdaterConfig:
+    """One [[ddns]] table: a DDNS updater of a kind from ipwatch.ddns or a plugin."""
+
+    kind: str
+    name: str
+    timeout: Duration
+    min_interval: Duration
+    options: Any = field(metadata=_NOT_A_KEY)  # the kind module's Options dataclass
+
+
+@dataclass(frozen=True)
+class _UpdaterCommon:
+    kind: str
+    name: str | None = None
+    timeout: Duration = 10.0
+    # Providers block clients that update too often (dyndns2 counts repeats as abuse).
+    min_interval: Duration = 300.0
 
 
 @dataclass(frozen=True)
@@ -83,9 +107,6 @@ class HooksConfig:
     timeout: Duration = 30.0
 
 
-_NOT_A_KEY = {"toml": False}
-
-
 @dataclass(frozen=True)
 class Config:
     path: str = field(default="", metadata=_NOT_A_KEY)
@@ -99,6 +120,7 @@ class Config:
     target: tuple[TargetConfig, ...] = ()
     asterisk: AsteriskConfig = field(default_factory=AsteriskConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
+    ddns: tuple[UpdaterConfig, ...] = field(default=(), metadata=_NOT_A_KEY)
 
     @property
     def sources(self) -> tuple[SourceConfig, ...]:
@@ -134,9 +156,15 @@ def load(path: str) -> Config:
 def parse(raw: dict[str, Any], path: str = "<config>") -> Config:
     """Check the TOML data `raw`; raise ConfigError with every problem, each naming `path`."""
     errors: list[str] = []
-    sources = _parse_sources(raw.get("source", []), errors)
+    sources = _parse_kinded("source", raw, "a source kind", _SourceCommon, SourceConfig, errors)
+    updaters = _parse_kinded("ddns", raw, "an updater kind", _UpdaterCommon, UpdaterConfig, errors)
     config = schema.build(
-        Config, raw, "", errors, handled={"path": path, "source": sources}, also_allowed=("source",)
+        Config,
+        raw,
+        "",
+        errors,
+        handled={"path": path, "source": sources, "ddns": updaters},
+        also_allowed=("source", "ddns"),
     )
     if config is not None:
         _check_consistency(config, errors)
@@ -146,59 +174,75 @@ def parse(raw: dict[str, Any], path: str = "<config>") -> Config:
     return config
 
 
-def _parse_sources(raw: Any, errors: list[str]) -> tuple[SourceConfig, ...]:
-    if not isinstance(raw, list):
-        errors.append('source: expected [[source]] tables, each with a kind such as "stun"')
+# The arrays of tables whose members each name a kind, and the plugin group providing the kinds.
+_KIND_GROUPS = {"source": plugins.SOURCES, "ddns": plugins.UPDATERS}
+
+
+def _parse_kinded(
+    key: str,
+    raw: dict[str, Any],
+    noun: str,
+    common_class: type[Any],
+    config_class: type[T],
+    errors: list[str],
+) -> tuple[T, ...]:
+    """Read an array of tables such as [[source]], each checked against its kind's Options."""
+    tables = raw.get(key, [])
+    if not isinstance(tables, list):
+        errors.append(f"{key}: expected [[{key}]] tables, each with a kind")
         return ()
-    sources: list[SourceConfig] = []
+    if not tables:
+        return ()  # not even the entry points need reading
+    kinds = plugins.kinds(_KIND_GROUPS[key])
+    items: list[T] = []
     per_kind: Counter[str] = Counter()
-    for index, table in enumerate(raw):
-        path = schema.join("source", index)
+    for index, table in enumerate(tables):
+        path = schema.join(key, index)
         if not isinstance(table, dict):
             errors.append(f"{path}: expected a table")
             continue
-        kind = table.get("kind")
-        if kind not in BUILTIN_KINDS:
-            known = ", ".join(f'"{k}"' for k in BUILTIN_KINDS)
-            errors.append(
-                f"{schema.join(path, 'kind')}: {kind!r} is not a source kind; use one of {known}"
-            )
+        kind: Any = table.get("kind")
+        module = kinds.load(kind)
+        if module is None:
+            errors.append(f"{schema.join(path, 'kind')}: {kinds.unknown(kind, noun)}")
             continue
         per_kind[kind] += 1
-        source = _parse_source(kind, table, path, per_kind[kind], errors)
-        if source is not None:
-            sources.append(source)
-    return tuple(sources)
+        parsed = _parse_kind_table(module, common_class, table, path, errors)
+        if parsed is not None:
+            common, options = parsed
+            name = common.name or f"{kind}-{per_kind[kind]}"
+            items.append(config_class(**{**vars(common), "name": name, "options": options}))
+    return tuple(items)
 
 
-def _parse_source(
-    kind: str, table: dict[str, Any], path: str, number: int, errors: list[str]
-) -> SourceConfig | None:
-    options_class = kind_module(kind).Options
-    option_keys = {f.name for f in dataclasses.fields(options_class)}
+def _parse_kind_table(
+    module: Any, common_class: type[Any], table: dict[str, Any], path: str, errors: list[str]
+) -> tuple[Any, Any] | None:
+    option_keys = {f.name for f in dataclasses.fields(module.Options)}
     common = schema.build(
-        _SourceCommon,
+        common_class,
         {k: v for k, v in table.items() if k not in option_keys},
         path,
         errors,
         also_allowed=tuple(option_keys),
     )
     options = schema.build(
-        options_class, {k: v for k, v in table.items() if k in option_keys}, path, errors
+        module.Options, {k: v for k, v in table.items() if k in option_keys}, path, errors
     )
     if common is None or options is None:
         return None
-    return SourceConfig(kind, common.name or f"{kind}-{number}", common.timeout, options)
+    return common, options
 
 
 def _check_consistency(config: Config, errors: list[str]) -> None:
     if not config.sources and not errors:
         errors.append('source: none configured; add at least one [[source]], e.g. kind = "stun"')
-    for name, count in Counter(s.name for s in config.sources).items():
-        if count > 1:
-            errors.append(
-                f'source: the name "{name}" is used {count} times; give each source its own name'
-            )
+    for key, items in (("source", config.sources), ("ddns", config.ddns)):
+        for name, count in Counter(item.name for item in items).items():
+            if count > 1:
+                errors.append(
+                    f'{key}: the name "{name}" is used {count} times; give each its own name'
+                )
     if isinstance(config.quorum, int) and config.sources and config.quorum > len(config.sources):
         errors.append(
             f"quorum: {config.quorum} sources must agree but only {len(config.sources)} are"
@@ -221,15 +265,11 @@ _SECRET_WORDS = ("secret", "password", "token", "passwd")
 def render(config: Config) -> str:
     """The effective config as TOML, defaults filled in and secrets masked (`config check`)."""
     scalars, tables = _table_lines(config, "")
-    for source in config.sources:
-        common = {
-            "kind": source.kind,
-            "name": source.name,
-            "timeout": schema.format_duration(source.timeout),
-        }
-        option_scalars, option_tables = _table_lines(source.options, "source")
-        lines = [f"{key} = {_toml(value)}" for key, value in common.items()]
-        scalars += ["", "[[source]]", *lines, *option_scalars, *option_tables]
+    for key, items in (("source", config.sources), ("ddns", config.ddns)):
+        for item in items:
+            common, _ = _table_lines(item, key)
+            option_scalars, option_tables = _table_lines(item.options, key)
+            scalars += ["", f"[[{key}]]", *common, *option_scalars, *option_tables]
     return "\n".join(scalars + tables).strip() + "\n"
 
 

@@ -9,32 +9,30 @@ A kind's module has:
 
 Modules import their heavy dependencies (dnspython) inside `ask`, so that loading the config or
 running `ipwatch status` stays cheap.
+
+Kinds are found through the `ipwatch.sources` entry points (ipwatch.plugins): the built-in ones
+are registered in pyproject.toml exactly as a third-party plugin registers its own.
 """
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
 from typing import Any
 
+from ipwatch import plugins
 from ipwatch.addresses import Family
-
-BUILTIN_KINDS = {
-    "stun": "ipwatch.sources.stun",
-    "dns": "ipwatch.sources.dns",
-    "dns-echo": "ipwatch.sources.dns_echo",
-    "http": "ipwatch.sources.http",
-    "command": "ipwatch.sources.command",
-    "interface": "ipwatch.sources.interface",
-}
 
 # Kinds that report the address of this host or its router rather than what the Internet sees;
 # when they disagree with an outside source, the router sits behind another NAT (CGNAT).
 LOCAL_KINDS = frozenset({"interface", "natpmp", "upnp"})
 
 
-def kind_module(kind: str) -> ModuleType:
-    return importlib.import_module(BUILTIN_KINDS[kind])
+def kinds() -> plugins.Kinds:
+    return plugins.kinds(plugins.SOURCES)
+
+
+def kind_module(kind: str) -> Any:
+    """The module of a kind the loaded config uses (config loading has refused other kinds)."""
+    return kinds().load(kind)
 
 
 def serves(kind: str, options: Any, family: Family) -> bool:
