@@ -65,12 +65,10 @@ def stun_responder6() -> Iterator[StunResponder]:
         yield responder
 
 
-def _run_coturn(host: str, directory: Path) -> Iterator[Coturn]:
-    program = need("turnserver", "coturn")
-    port = free_port(host=host)
-    log = directory / "turnserver.log"
-    command = [
-        program,
+def coturn_command(host: str, port: int, directory: Path) -> list[str]:
+    """coturn as a STUN-only server on host:port, its pidfile and database in `directory`."""
+    return [
+        need("turnserver", "coturn"),
         "-n",
         "--stun-only",
         f"--listening-ip={host}",
@@ -85,6 +83,12 @@ def _run_coturn(host: str, directory: Path) -> Iterator[Coturn]:
         f"--pidfile={directory / 'turn.pid'}",
         f"--userdb={directory / 'turndb'}",
     ]
+
+
+def _run_coturn(host: str, directory: Path) -> Iterator[Coturn]:
+    port = free_port(host=host)
+    log = directory / "turnserver.log"
+    command = coturn_command(host, port, directory)
     with log.open("wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     try:
