@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from ipwatch.config import Config
 
 EX_SOFTWARE = 70
+# ipwatch.hooks.EVENTS, spelt out so that building the parser imports nothing more
+HOOK_EVENTS = ("change", "applied", "error", "degraded", "recovered", "test")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,6 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
         json=True,
         needs_config=False,
     )
+    _command(
+        commands,
+        "run",
+        _run,
+        "run the daemon in the foreground (systemd Type=notify)",
+        "Rounds every `interval` (`fast_confirm` while confirming a change); target files and"
+        " the config are watched. Signals: SIGHUP reloads the config, SIGUSR1 runs a round now,"
+        " SIGTERM/SIGINT finish the current step and exit. Exit: 0 after SIGTERM/SIGINT, 3 when"
+        " another daemon uses the state directory, 78 config error.",
+    )
+    _command(
+        commands,
+        "trigger",
+        _trigger,
+        "ask the running daemon for a round now (SIGUSR1)",
+        "For NetworkManager, dhclient and ppp hooks (see contrib/). Exit: 0 sent, 3 no daemon.",
+        needs_config=False,
+    )
     config = commands.add_parser("config", help="configuration commands")
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     _command(
@@ -102,6 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
         _config_check,
         "validate the config and print it with defaults filled in and secrets masked",
         "Exit: 0 valid, 78 invalid.",
+    )
+    hooks = commands.add_parser("hooks", help="hook commands")
+    hooks_commands = hooks.add_subparsers(dest="hooks_command", metavar="ACTION", required=True)
+    hooks_test = _command(
+        hooks_commands,
+        "test",
+        _hooks_test,
+        "run every hook in hooks.dir with a synthetic event (documentation addresses)",
+        "Exit: 0 all hooks succeeded (or there are none), 1 otherwise.",
+    )
+    hooks_test.add_argument(
+        "event",
+        nargs="?",
+        default="test",
+        choices=HOOK_EVENTS,
+        help="the event to simulate (default: test)",
     )
     _command(
         commands,
@@ -190,9 +226,17 @@ def _print_json(value: Any) -> None:
 
 def _check(args: argparse.Namespace, config: Config | None) -> int:
     from ipwatch import reconcile, report
+    from ipwatch.events import Announcer
 
     assert config is not None
-    result = reconcile.check(config, _state_dir(args), write=args.apply)
+    writer = reconcile.StateWriter.open(_state_dir(args))
+    if not args.apply:
+        result = reconcile.check(config, writer, write=False)
+    else:
+        announcer = Announcer(config, writer)
+        announcer.retry_hooks()  # owed by an earlier run
+        result = reconcile.check(config, writer, write=True, announce=announcer)
+        announcer.update_ddns()  # a failed update of an earlier run may be due again
     print(json.dumps(result, indent=2) if args.json else report.format_check(result))
     return report.check_exit_status(result)
 
@@ -201,7 +245,7 @@ def _plan(args: argparse.Namespace, config: Config | None) -> int:
     from ipwatch import reconcile, report
 
     assert config is not None
-    result = reconcile.check(config, _state_dir(args), write=False)
+    result = reconcile.check(config, reconcile.StateWriter.open(_state_dir(args)), write=False)
     if args.json:
         _print_json(result)
     else:
@@ -245,6 +289,22 @@ def _status(args: argparse.Namespace, config: Config | None) -> int:
     return int(result["exit"])
 
 
+def _run(args: argparse.Namespace, config: Config | None) -> int:
+    from ipwatch import daemon
+
+    assert config is not None
+    return daemon.run(config, _state_dir(args))
+
+
+def _trigger(args: argparse.Namespace, config: Config | None) -> int:
+    from ipwatch import instance
+
+    pid = instance.trigger(_state_dir(args))
+    if not args.quiet:
+        print(f"asked the daemon (pid {pid}) for a round now")
+    return 0
+
+
 def _config_check(args: argparse.Namespace, config: Config | None) -> int:
     from ipwatch.config import render
 
@@ -252,6 +312,18 @@ def _config_check(args: argparse.Namespace, config: Config | None) -> int:
     print(f"# {config.path}: valid")
     print(render(config), end="")
     return 0
+
+
+def _hooks_test(args: argparse.Namespace, config: Config | None) -> int:
+    from ipwatch.hooks import run_hooks, synthetic_event
+
+    assert config is not None
+    results = run_hooks(config.hooks, synthetic_event(args.event), config.path)
+    if not results:
+        print(f"no hooks found in {config.hooks.dir}")
+    for result in results:
+        print(result.describe())
+    return 0 if all(result.status == "ok" for result in results) else 1
 
 
 def _demo(args: argparse.Namespace, config: Config | None) -> int:

@@ -35,6 +35,7 @@ class Observation:
     answer: str | None
     latency_ms: float | None
     error: str | None = None
+    no_public_address: bool = False  # a router said its own WAN address is not public
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Verdict:
     error: str | None
     rejected: str | None
     agrees: bool
+    no_public_address: bool = False
 
     @property
     def acceptable(self) -> bool:
@@ -113,7 +115,14 @@ def _judge(observation: Observation, family: Family, accept: tuple[IPNetwork, ..
     if error is None and observation.answer is None:
         error = "no answer"
     return Verdict(
-        observation.name, observation.kind, address, observation.latency_ms, error, rejected, False
+        observation.name,
+        observation.kind,
+        address,
+        observation.latency_ms,
+        error,
+        rejected,
+        False,
+        observation.no_public_address,
     )
 
 
@@ -153,6 +162,12 @@ def _nat_hint(verdicts: tuple[Verdict, ...], winner: str | None) -> str | None:
     if winner is None or not outside:
         return None
     for verdict in verdicts:
+        if verdict.no_public_address:
+            return (
+                f"{verdict.name} ({verdict.kind}) says the router has no public address while"
+                f" {outside[0].name} sees {winner}: the router is behind carrier-grade NAT or"
+                " another NAT, so forwarding ports on it alone will not reach Asterisk"
+            )
         if verdict.kind not in LOCAL_KINDS or verdict.address in (None, winner):
             continue
         assert verdict.address is not None

@@ -26,6 +26,11 @@ class SourceError(IpwatchError):
     """A source could not give an address this time."""
 
 
+class NoPublicAddress(SourceError):
+    """The router answered that it has no public address: its own WAN address is private,
+    carrier-grade NAT or reserved, so it sits behind another NAT."""
+
+
 class StateError(IpwatchError):
     """The state directory or file cannot be used."""
 
@@ -46,3 +51,9 @@ class ConfFileError(IpwatchError):
     """
 
     exit_status = EX_CONFIG
+
+
+class InstanceError(IpwatchError):
+    """No daemon to signal, or another daemon already uses the state directory."""
+
+    exit_status = 3

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ipwatch.addresses import Family
 from ipwatch.config import SourceConfig
 from ipwatch.decide import Observation
-from ipwatch.errors import SourceError
+from ipwatch.errors import NoPublicAddress, SourceError
 from ipwatch.sources import kind_module, serves
 
 Clock = Callable[[], float]
@@ -20,14 +20,16 @@ def ask(source: SourceConfig, family: Family, clock: Clock = time.monotonic) -> 
     started = clock()
     answer: str | None = None
     error: str | None = None
+    no_public_address = False
     try:
         answer = kind_module(source.kind).ask(source.options, family, source.timeout)
     except SourceError as failure:
         error = str(failure)
+        no_public_address = isinstance(failure, NoPublicAddress)
     except Exception as failure:  # a bug in one source must not take the round down
         error = f"internal error: {type(failure).__name__}: {failure}"
     latency_ms = round((clock() - started) * 1000, 1)
-    return Observation(source.name, source.kind, answer, latency_ms, error)
+    return Observation(source.name, source.kind, answer, latency_ms, error, no_public_address)
 
 
 def observe(all_sources: Sequence[SourceConfig], family: Family) -> list[Observation]:

@@ -73,3 +73,45 @@ def summary(decision: Decision) -> dict[str, Any]:
         "hint": decision.hint,
         "sources": [asdict(verdict) for verdict in decision.verdicts],
     }
+
+
+class Backoff:
+    """Ask a failing source less often: after n failures in a row it is asked again after
+    `first` * 2^(n-1), at most `cap` (the next round, then 2, 4, 8 ... rounds of `first` later).
+    Half a `first` is allowed early, so the rounds' jitter never skips one more. Meanwhile the
+    source counts as failed, with its last error."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first = first
+        self.cap = cap
+        self._failures: dict[tuple[str, Family], int] = {}
+        self._retry_at: dict[tuple[str, Family], float] = {}
+        self._last_error: dict[tuple[str, Family], str] = {}
+
+    def split(
+        self, sources: Sequence[SourceConfig], family: Family, now: float
+    ) -> tuple[list[SourceConfig], list[Observation]]:
+        """The sources to ask now, and an observation for each one still backing off."""
+        due: list[SourceConfig] = []
+        waiting: list[Observation] = []
+        for source in sources:
+            key = (source.name, family)
+            if now < self._retry_at.get(key, now):
+                error = f"{self._last_error[key]} (failing; asked again later)"
+                waiting.append(Observation(source.name, source.kind, None, None, error))
+            else:
+                due.append(source)
+        return due, waiting
+
+    def record(self, observations: Sequence[Observation], family: Family, now: float) -> None:
+        for observation in observations:
+            key = (observation.name, family)
+            if observation.error is None:
+                self._failures.pop(key, None)
+                self._retry_at.pop(key, None)
+                continue
+            failures = self._failures.get(key, 0) + 1
+            self._failures[key] = failures
+            self._last_error[key] = observation.error
+            wait = min(self.cap, self.first * 2 ** (failures - 1))
+            self._retry_at[key] = now + wait - self.first / 2

@@ -21,7 +21,7 @@ FORMAT_VERSION = 1
 KEPT_CHANGES = 20
 DEFAULT_DIR = "/var/lib/ipwatch"
 # Fields that change on every round without meaning anything new.
-_VOLATILE = frozenset({"latency_ms", "checked", "updated"})
+_VOLATILE = frozenset({"latency_ms", "checked", "updated", "heartbeat"})
 
 State = dict[str, Any]
 

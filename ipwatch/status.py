@@ -6,7 +6,9 @@ not the daemon runs.
 
 from __future__ import annotations
 
+import calendar
 import os
+import time
 from typing import Any
 
 from ipwatch.addresses import FAMILIES
@@ -27,9 +29,20 @@ def evaluate(state: dict[str, Any] | None, state_dir: str) -> dict[str, Any]:
         if entry is not None:
             problems += _family_problems(family, entry)
     problems += [(WARNING, f"pending: {action}") for action in state.get("pending") or []]
+    for name, outcome in sorted((state.get("ddns_status") or {}).items()):
+        if outcome.get("status") in ("failed", "blocked"):
+            problems.append((WARNING, f"ddns {name} {outcome['status']}: {outcome['message']}"))
+    problems += [
+        (
+            WARNING,
+            f"hook {', '.join(owed['hooks'])} asked to be run again for"
+            f" {owed['event'].get('name')}",
+        )
+        for owed in state.get("retry_hooks") or []
+    ]
     daemon = _daemon(state.get("daemon"))
-    if daemon is not None and not daemon["alive"]:
-        problems.append((WARNING, f"the daemon (pid {daemon['pid']}) is not running"))
+    if daemon is not None:
+        problems += _daemon_problems(daemon, time.time())
     level = max((level for level, _ in problems), default=OK)
     return {
         "status": LABELS[level],
@@ -64,6 +77,25 @@ def _family_problems(family: str, entry: dict[str, Any]) -> list[tuple[int, str]
     if entry.get("hint"):
         problems.append((WARNING, f"{family}: {entry['hint']}"))
     return problems
+
+
+def _daemon_problems(daemon: dict[str, Any], now: float) -> list[tuple[int, str]]:
+    if not daemon["alive"]:
+        stopped = f" (stopped at {daemon['stopped']})" if daemon.get("stopped") else ""
+        return [(WARNING, f"the daemon (pid {daemon['pid']}) is not running{stopped}")]
+    beat = _seconds_since(daemon.get("heartbeat"), now)
+    every = float(daemon.get("heartbeat_every") or 0)
+    if beat is not None and every and beat > 2 * every + 60:
+        return [(WARNING, f"the daemon (pid {daemon['pid']}) last reported {beat:.0f} s ago")]
+    return []
+
+
+def _seconds_since(stamp: Any, now: float) -> float | None:
+    try:
+        then = calendar.timegm(time.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return None
+    return now - then
 
 
 def _daemon(recorded: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -3,6 +3,9 @@
 pytest_plugins = [
     "tests.peers.coturn",
     "tests.peers.bind9",
+    "tests.peers.knot",
+    "tests.peers.ddns_http",
     "tests.peers.http",
     "tests.peers.asterisk",
+    "tests.peers.notify",
 ]

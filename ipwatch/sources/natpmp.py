@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from ipwatch.addresses import Family
-from ipwatch.errors import SourceError
+from ipwatch.errors import NoPublicAddress, SourceError
 from ipwatch.schema import Parser
 
 DEFAULT_PORT = 5351
@@ -212,7 +212,8 @@ def _exchange(sock: socket.socket, name: str, timeout: float) -> ipaddress.IPv4A
             try:
                 return parse_reply(data)[1]
             except ResultCodeError as error:
-                raise SourceError(_explain(name, error.code)) from None
+                failure = NoPublicAddress if error.code == 3 else SourceError
+                raise failure(_explain(name, error.code)) from None
             except MalformedReply:
                 ignored += 1
         wait *= 2

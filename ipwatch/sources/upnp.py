@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from ipwatch.addresses import Family
-from ipwatch.errors import SourceError
+from ipwatch.errors import NoPublicAddress, SourceError
 from ipwatch.schema import Duration, Parser, format_duration
 from ipwatch.sources.interface import parse_interface_name
 
@@ -104,7 +104,7 @@ def _external_address(options: Options, progress: list[str]) -> str:
         address = _ask_gateway(gateway, progress)
         _gateways[options] = gateway
     if not address:
-        raise SourceError(NO_EXTERNAL_ADDRESS)
+        raise NoPublicAddress(NO_EXTERNAL_ADDRESS)
     return address
 
 

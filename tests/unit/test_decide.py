@@ -169,3 +169,24 @@ def test_the_result_does_not_depend_on_source_order(
         assert sorted(one.verdicts, key=lambda v: v.name) == sorted(
             other.verdicts, key=lambda v: v.name
         )
+
+
+def test_a_router_without_a_public_address_explains_cgnat() -> None:
+    observations = [
+        Observation("stun-1", "stun", "81.2.69.160", 10.0),
+        Observation("stun-2", "stun", "81.2.69.160", 10.0),
+        Observation("natpmp-1", "natpmp", None, 1.0, "result 3", no_public_address=True),
+    ]
+    decision = decide("ipv4", observations, Tracking(), Policy(confirm=1))
+    assert decision.winner == "81.2.69.160"
+    assert decision.hint is not None
+    assert "natpmp-1 (natpmp) says the router has no public address" in decision.hint
+    assert "carrier-grade NAT" in decision.hint
+
+
+def test_a_router_that_merely_fails_gives_no_hint() -> None:
+    observations = [
+        Observation("stun-1", "stun", "81.2.69.160", 10.0),
+        Observation("natpmp-1", "natpmp", None, 1.0, "no NAT-PMP answer"),
+    ]
+    assert decide("ipv4", observations, Tracking(), Policy(confirm=1)).hint is None

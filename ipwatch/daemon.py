@@ -1,0 +1,471 @@
+"""`ipwatch run`: rounds on a schedule, reactions to files and signals, systemd notifications.
+
+Wiring only; what to do in a round is rounds.py/decide.py and reconcile.py's business.
+
+Threads: the main thread waits for signals (through a wakeup fd, so handlers do nothing but wake
+it) and watches the wall clock. APScheduler runs every step — rounds, reconciling after a file
+event, reloading the config — on one worker thread, so steps never overlap, and on a second
+thread the watchdog ping, which stops when a step makes no progress for `WATCHDOG_USEC`. watchdog
+(the package) reports file events from its own thread, which only schedules a step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import random
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from ipwatch import config as config_file
+from ipwatch import reconcile, rounds
+from ipwatch.addresses import Family
+from ipwatch.config import Config
+from ipwatch.decide import Decision, Tracking, decide
+from ipwatch.errors import IpwatchError
+from ipwatch.events import Announcer
+from ipwatch.instance import InstanceLock
+from ipwatch.notify import Notifier, watchdog_interval
+from ipwatch.observe import observe
+from ipwatch.watch import FileWatcher
+
+log = logging.getLogger("ipwatch")
+
+DEBOUNCE_SECONDS = 0.5  # editors and FreePBX write several files in a burst
+CLOCK_CHECK_SECONDS = 1.0
+CLOCK_JUMP_SECONDS = 5.0  # a Raspberry Pi without RTC jumps years when NTP syncs at boot
+HEARTBEAT_SECONDS = 300.0  # how often the state file is rewritten just to say "still alive"
+JITTER = 0.1
+
+
+class StopRequested(Exception):
+    """Raised from inside a long step (a drain) when SIGTERM asks the daemon to stop."""
+
+
+class Daemon:
+    def __init__(self, config: Config, state_dir: Path, notifier: Notifier) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self.notifier = notifier
+        self.writer = reconcile.StateWriter.open(state_dir)
+        self.trackings = {
+            f: Tracking(rounds.tracking_from(self.writer.saved, f).address) for f in config.families
+        }
+        self.decisions: dict[Family, Decision] = {}
+        self.backoff = rounds.Backoff(config.fast_confirm, config.interval)
+        self.announce = Announcer(config, self.writer)
+        self.stop_requested = threading.Event()
+        self.ready = False
+        self.spacing = 0.0
+        self.refused: Mapping[Family, str] | None = None  # addresses Asterisk rejected
+        self.restored: dict[Path, str | None] = {}  # what a roll-back left in the files
+        self.problem: str | None = None
+        self.config_problem: str | None = None
+        self.no_quorum: dict[Family, int] = {}
+        self.degraded: set[Family] = set()
+        self.busy_since: float | None = None
+        self.last_progress = time.monotonic()
+        self.last_heartbeat = 0.0
+        self.watcher = FileWatcher(self.file_changed)
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.scheduler: Any = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(1), "watchdog": ThreadPoolExecutor(1)},
+            # Late runs (a long drain, a clock jump) run once, never as a burst of catch-ups.
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        wakeup, wakeup_writer = socket.socketpair()
+        wakeup.setblocking(False)
+        wakeup_writer.setblocking(False)
+        previous = _catch_signals(wakeup_writer.fileno())
+        try:
+            self.watcher.start()
+            self.watcher.watch(self.watched_files())
+            self.scheduler.start()
+            self.schedule_rounds(first_now=True)
+            self.schedule_watchdog()
+            self.record_daemon(running=True)
+            log.info(
+                "started: %d sources, %d targets, every %s",
+                len(self.config.sources),
+                len(self.config.targets),
+                _seconds(self.config.interval),
+            )
+            self.main_loop(wakeup)
+        finally:
+            self.notifier.stopping("stopping")
+            self.stop_requested.set()
+            self.scheduler.shutdown(wait=True)  # the step under way finishes first
+            self.watcher.stop()
+            self.record_daemon(running=False)
+            _restore_signals(previous)
+            wakeup.close()
+            wakeup_writer.close()
+        log.info("stopped")
+        return 0
+
+    def main_loop(self, wakeup: socket.socket) -> None:
+        offset = time.time() - time.monotonic()
+        while True:
+            readable, _, _ = select.select([wakeup], [], [], CLOCK_CHECK_SECONDS)
+            for number in wakeup.recv(64) if readable else b"":
+                if number in (signal.SIGTERM, signal.SIGINT):
+                    log.info("%s: finishing the current step", signal.Signals(number).name)
+                    return
+                if number == signal.SIGHUP:
+                    self.soon(self.reload_config, "reload", 0.0)
+                if number == signal.SIGUSR1:
+                    log.info("trigger: a round now")
+                    self.refused = None
+                    self.scheduler.modify_job("round", next_run_time=_now())
+            now_offset = time.time() - time.monotonic()
+            if abs(now_offset - offset) > CLOCK_JUMP_SECONDS:
+                log.warning(
+                    "clock: the wall clock jumped by %+.0f s; rescheduling", now_offset - offset
+                )
+                self.schedule_rounds(first_now=False)
+                self.schedule_watchdog()
+            offset = now_offset
+
+    # --- scheduling -----------------------------------------------------------------------
+
+    def schedule_rounds(self, *, first_now: bool) -> None:
+        """(Re)start the round job spaced by `self.spacing`, ±10 %."""
+        spacing = self.spacing or self.config.interval
+        # APScheduler takes next_run_time=None as "paused": leave it out to let the trigger say.
+        when = {"next_run_time": _now()} if first_now else {}
+        self.scheduler.add_job(
+            self.round, _spaced(spacing, JITTER), id="round", replace_existing=True, **when
+        )
+
+    def schedule_watchdog(self) -> None:
+        every = watchdog_interval()
+        if every is None:
+            return
+        self.scheduler.add_job(
+            self.ping_watchdog,
+            _spaced(every, 0.0),
+            id="watchdog",
+            executor="watchdog",
+            replace_existing=True,
+            next_run_time=_now(),
+        )
+
+    def soon(self, step: Any, name: str, delay: float) -> None:
+        """Run `step` once after `delay`; asking again before then starts the delay anew."""
+        self.scheduler.add_job(
+            step, "date", run_date=_now() + timedelta(seconds=delay), id=name, replace_existing=True
+        )
+
+    def ping_watchdog(self) -> None:
+        """Ping unless a step has shown no progress for longer than systemd allows."""
+        every = watchdog_interval() or 0.0
+        if self.busy_since is None or time.monotonic() - self.last_progress < 2 * every:
+            self.notifier.watchdog()
+        else:
+            log.error(
+                "watchdog: no progress for %.0f s; not pinging",
+                time.monotonic() - self.last_progress,
+            )
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """One serialised piece of work; its failure is logged and reported, never fatal."""
+        self.busy_since = self.last_progress = time.monotonic()
+        try:
+            yield
+        except StopRequested:
+            log.warning("%s: interrupted by the stop; a pending Asterisk action is kept", name)
+        except IpwatchError as error:
+            self.report_problem(str(error))
+        except Exception as error:  # a bug in one step must not end the daemon
+            log.exception("%s: internal error", name)
+            self.report_problem(f"internal error in {name}: {type(error).__name__}: {error}")
+        finally:
+            self.busy_since = None
+
+    def progress(self, line: str) -> None:
+        self.last_progress = time.monotonic()
+        if self.stop_requested.is_set():
+            raise StopRequested
+        self.notifier.status(line)
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def round(self) -> None:
+        with self.step("round"):
+            decisions = self.observe_and_decide()
+            self.decisions = {f: _settled(d) for f, d in decisions.items()}
+            self.writer.save(reconcile.record(self.writer.current, decisions, time.time()))
+            self.announce_health(decisions)
+            self.announce.retry_hooks()
+            self.announce.update_ddns()
+            self.converge(decisions)
+            self.heartbeat()
+            self.problem = None
+        self.after_round()
+
+    def observe_and_decide(self) -> dict[Family, Decision]:
+        policy = rounds.policy_of(self.config)
+        decisions: dict[Family, Decision] = {}
+        for family in self.config.families:
+            now = time.monotonic()
+            due, waiting = self.backoff.split(self.config.sources, family, now)
+            asked = observe(due, family)
+            self.backoff.record(asked, family, now)
+            self.last_progress = time.monotonic()
+            decision = decide(family, asked + waiting, self.trackings[family], policy)
+            self.trackings[family] = decision.tracking
+            decisions[family] = decision
+        return decisions
+
+    def converge(self, decisions: Mapping[Family, Decision]) -> bool:
+        """Bring the files (and Asterisk) in line with the confirmed addresses; True if written."""
+        addresses = reconcile.confirmed(decisions)
+        if not addresses or addresses == self.refused:
+            return False
+        result = reconcile.converge(
+            self.config,
+            decisions,
+            self.writer,
+            write=True,
+            announce=self.announce,
+            progress=self.progress,
+        )
+        asterisk = result.get("asterisk") or {}
+        if asterisk.get("rolled_back"):
+            # Not again for these addresses until something changes, or a rejected reload (or
+            # restart) would repeat every round; the restored files are ipwatch's own writing.
+            self.refused = addresses
+            self.restored = {path: _digest(path) for path in self.watcher.files}
+        else:
+            self.refused = None
+        if result["applied"]:
+            self.watcher.watch(self.watched_files())
+        elif reconcile.retry_pending(self.config, decisions, self.writer) is not None:
+            log.info("asterisk: the pending reload was done")
+        return bool(result["applied"])
+
+    def check_files(self) -> None:
+        """After file events: reload a changed config, reconcile changed targets.
+
+        ipwatch's own writes come here too; the plan then finds the files in sync and nothing
+        happens. Files as a roll-back left them are not taken for an outside edit either.
+        """
+        changed = self.watcher.changed()
+        if Path(os.path.realpath(self.config.path)) in changed:
+            log.info("%s changed: reloading the config", self.config.path)
+            self.reload_config()
+            return
+        if not changed or all(self.restored.get(p) == _digest(p) for p in changed):
+            return
+        with self.step("reconcile"):
+            self.refused = None
+            if self.decisions and self.converge(self.decisions):
+                log.info("%s had been changed by someone else", ", ".join(map(str, changed)))
+            self.watcher.watch(self.watched_files())
+
+    def reload_config(self) -> None:
+        with self.step("reload"):
+            self.notifier.reloading("reloading the config")
+            try:
+                new = config_file.load(self.config.path)
+            except IpwatchError as error:
+                first = str(error).splitlines()[0]
+                log.error("config: %s; still running with the previous config", first)
+                self.config_problem = f"config not reloaded: {first}"
+                return
+            finally:
+                self.notifier.ready(self.status_line())
+            self.apply_config(new)
+
+    def apply_config(self, new: Config) -> None:
+        self.config = new
+        self.trackings = {f: self.trackings.get(f, Tracking()) for f in new.families}
+        self.backoff = rounds.Backoff(new.fast_confirm, new.interval)
+        self.announce = Announcer(new, self.writer)
+        self.refused = None
+        self.problem = self.config_problem = None
+        self.spacing = 0.0
+        self.schedule_rounds(first_now=True)
+        self.watcher.watch(self.watched_files())
+        log.info("config reloaded from %s", new.path)
+
+    def file_changed(self, path: Path) -> None:
+        self.soon(self.check_files, "files", DEBOUNCE_SECONDS)
+
+    # --- reporting ------------------------------------------------------------------------
+
+    def after_round(self) -> None:
+        confirming = any(t.candidate for t in self.trackings.values())
+        spacing = self.config.fast_confirm if confirming else self.config.interval
+        if spacing != self.spacing:
+            self.spacing = spacing
+            self.schedule_rounds(first_now=False)
+        status = self.status_line()
+        if not self.ready:
+            self.ready = True
+            self.notifier.ready(status)
+            log.info("ready: %s", status)
+        else:
+            self.notifier.status(status)
+
+    def announce_health(self, decisions: Mapping[Family, Decision]) -> None:
+        """`degraded` after `confirm` rounds in a row without a quorum; `recovered` after."""
+        for family, decision in decisions.items():
+            if decision.winner is None:
+                self.no_quorum[family] = self.no_quorum.get(family, 0) + 1
+                if self.no_quorum[family] >= self.config.confirm and family not in self.degraded:
+                    self.degraded.add(family)
+                    log.warning(
+                        "%s: no confirmed address (%s sources agree)", family, decision.agreement
+                    )
+                    self.announce("degraded", {family: decision})
+            else:
+                self.no_quorum[family] = 0
+                if family in self.degraded:
+                    self.degraded.discard(family)
+                    log.info("%s: %s confirmed again", family, decision.winner)
+                    self.announce("recovered", {family: decision})
+
+    def report_problem(self, problem: str) -> None:
+        if problem != self.problem:
+            log.error("%s", problem)
+        self.problem = problem
+
+    def status_line(self) -> str:
+        problem = self.problem or self.config_problem
+        if problem:
+            return f"problem: {problem}"
+        parts = []
+        for family, decision in self.decisions.items():
+            tracking = self.trackings.get(family, decision.tracking)
+            text = f"{family} {tracking.address or 'unknown'} ({decision.agreement} agree)"
+            if tracking.candidate:
+                text += f", confirming {tracking.candidate} {tracking.rounds}/{self.config.confirm}"
+            parts.append(text)
+        changes = self.writer.current.get("changes") or []
+        if changes:
+            parts.append(f"last change {changes[-1]['at']}")
+        return "; ".join(parts) or "starting"
+
+    def heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self.last_heartbeat >= HEARTBEAT_SECONDS:
+            self.last_heartbeat = now
+            self.record_daemon(running=True)
+
+    def record_daemon(self, *, running: bool) -> None:
+        state = self.writer.current
+        entry = dict(state.get("daemon") or {})
+        if running:
+            entry.update(pid=os.getpid(), heartbeat=_stamp(), heartbeat_every=HEARTBEAT_SECONDS)
+            entry.setdefault("started", _stamp())
+            entry.pop("stopped", None)
+        else:
+            entry["stopped"] = _stamp()
+        self.writer.save({**state, "daemon": entry}, force=True)
+
+    def watched_files(self) -> list[Path]:
+        files = [Path(self.config.path)]
+        for target in self.config.targets:
+            try:
+                files += reconcile.load(target).tree.documents
+            except IpwatchError:
+                files.append(Path(target.file))  # reported by the round; watch for a fix
+        return files
+
+
+def run(config: Config, state_dir: Path) -> int:
+    """`ipwatch run` until SIGTERM/SIGINT; one daemon per state directory."""
+    logging.getLogger("apscheduler").setLevel(
+        logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.ERROR
+    )
+    lock = InstanceLock.acquire(state_dir)
+    try:
+        with Notifier() as notifier:
+            return Daemon(config, state_dir, notifier).run()
+    finally:
+        lock.release()
+
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+
+
+def _catch_signals(wakeup_fd: int) -> tuple[int, dict[signal.Signals, Any]]:
+    """Route the signals to `wakeup_fd` (the C handler writes their numbers there)."""
+    previous = {number: signal.signal(number, _ignore) for number in _SIGNALS}
+    return signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False), previous
+
+
+def _restore_signals(previous: tuple[int, dict[signal.Signals, Any]]) -> None:
+    fd, handlers = previous
+    signal.set_wakeup_fd(fd)
+    for number, handler in handlers.items():
+        signal.signal(number, handler)
+
+
+def _ignore(number: int, frame: object) -> None:
+    """The work happens in the main loop, which the wakeup fd wakes."""
+
+
+def _spaced(seconds: float, jitter: float) -> Any:
+    """A trigger firing `seconds` (± `jitter` of it) after the last run started, by the clock.
+
+    APScheduler's IntervalTrigger counts from its start date instead, so after the wall clock
+    jumps years ahead it walks through every missed run time one by one (hundreds of millions,
+    gigabytes, minutes of CPU) before coalescing them. Counting from now has nothing to catch up.
+    A jump backwards is the main loop's to notice: it reschedules.
+    """
+    from apscheduler.triggers.base import BaseTrigger
+
+    class Spaced(BaseTrigger):  # type: ignore[misc]
+        def get_next_fire_time(
+            self, previous_fire_time: datetime | None, now: datetime
+        ) -> datetime:
+            return now + timedelta(seconds=seconds * random.uniform(1 - jitter, 1 + jitter))
+
+        def __str__(self) -> str:
+            return f"every {seconds:g} s"
+
+    return Spaced()
+
+
+def _settled(decision: Decision) -> Decision:
+    """The decision as a later reconcile sees it: the change it confirmed is already announced."""
+    return dataclasses.replace(decision, changed=False, previous=None)
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"

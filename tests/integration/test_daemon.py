@@ -1,0 +1,289 @@
+"""`ipwatch run` end to end: a subprocess with a real notify socket, STUN responders whose answer
+the test changes, a target file and the test Asterisk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from ipwatch.stun_responder import StunResponder
+from tests.peers.asterisk import DEFAULT_SECRET, AsteriskFactory, AsteriskServer
+from tests.peers.notify import NotifyListener
+from tests.support import missing, run_ipwatch, wait_until
+
+OLD, NEW = "198.51.100.5", "198.51.100.7"
+PJSIP = f"""\
+[transport-udp-nat]
+type = transport
+protocol = udp
+bind = 127.0.0.1:5070
+external_media_address = {OLD}
+external_signaling_address = {OLD}
+allow_reload = no
+"""
+FAKETIMES = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+
+
+@dataclass
+class Setup:
+    config: Path
+    state_dir: Path
+    asterisk: AsteriskServer
+    responders: list[StunResponder]
+
+    @property
+    def pjsip(self) -> Path:
+        return self.asterisk.config_dir / "pjsip.conf"
+
+    def answer(self, address: str) -> None:
+        for responder in self.responders:
+            responder.answer = address
+
+    def asterisk_shows(self, address: str) -> bool:
+        state = self.asterisk.effective_transport("transport-udp-nat")
+        return state is not None and address in str(state)
+
+    def write_config(self, interval: str, extra: str = "") -> None:
+        secret = self.config.parent / "ami.secret"
+        secret.write_text(DEFAULT_SECRET + "\n")
+        secret.chmod(0o600)
+        servers = "".join(
+            f'[[source]]\nkind = "stun"\nservers = ["127.0.0.1:{r.port}"]\ntimeout = "300ms"\n'
+            for r in self.responders
+        )
+        self.config.write_text(
+            f'interval = "{interval}"\nconfirm = 2\nfast_confirm = "300ms"\n'
+            f'accept = ["198.51.100.0/24"]\n{extra}{servers}'
+            f'[[target]]\nkind = "pjsip"\nfile = "{self.pjsip}"\n'
+            f'[asterisk]\ncontrol = "ami"\ndrain = "1s"\n'
+            f'ami = {{ host = "127.0.0.1", port = {self.asterisk.ami_port},'
+            f' username = "ipwatch", secret_file = "{secret}" }}\n'
+            f'[hooks]\ndir = "{self.config.parent / "hooks.d"}"\n'
+        )
+
+    def state(self) -> dict[str, object]:
+        return dict(json.loads((self.state_dir / "state.json").read_text()))
+
+
+@pytest.fixture
+def setup(tmp_path: Path, test_asterisk_factory: AsteriskFactory) -> Iterator[Setup]:
+    asterisk = test_asterisk_factory(files={"pjsip.conf": PJSIP})
+    with StunResponder(answer=OLD) as one, StunResponder(answer=OLD) as two:
+        yield Setup(tmp_path / "ipwatch.toml", tmp_path / "state", asterisk, [one, two])
+
+
+class Daemon:
+    def __init__(self, setup: Setup, notify: NotifyListener, env: dict[str, str]) -> None:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("IPWATCH_")}
+        command = ["-c", str(setup.config), "--state-dir", str(setup.state_dir), "run"]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ipwatch", *command],
+            env=environment | notify.env | env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def signal(self, number: signal.Signals) -> None:
+        self.process.send_signal(number)
+
+    def stop(self) -> tuple[int, str]:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        _, stderr = self.process.communicate(timeout=20)
+        return self.process.returncode, stderr
+
+
+class Start(Protocol):
+    def __call__(self, **env: str) -> Daemon: ...
+
+
+@pytest.fixture
+def start(setup: Setup, notify_socket: NotifyListener) -> Iterator[Start]:
+    started: list[Daemon] = []
+
+    def launch(**env: str) -> Daemon:
+        daemon = Daemon(setup, notify_socket, env)
+        started.append(daemon)
+        return daemon
+
+    yield launch
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+        print(daemon.process.communicate()[1])  # the daemon's log, shown when a test fails
+
+
+def test_a_change_is_applied_within_interval_plus_confirmation(
+    setup: Setup, start: Start, notify_socket: NotifyListener
+) -> None:
+    setup.write_config("3s")
+    daemon = start()
+    notify_socket.wait_for(READY="1", timeout=15)
+    notify_socket.wait_for(lambda m: m.get("STATUS", "").startswith(f"ipv4 {OLD} (2/2"), 5)
+    setup.answer(NEW)
+    changed_at = time.monotonic()
+    wait_until(lambda: setup.asterisk_shows(NEW), 3.3 + 2 * 0.33 + 2, "Asterisk to show NEW")
+    reaction = time.monotonic() - changed_at
+    assert NEW in setup.pjsip.read_text() and OLD not in setup.pjsip.read_text()
+    notify_socket.wait_for(lambda m: NEW in m.get("STATUS", ""), timeout=5)
+    status = run_ipwatch("status", "--json", state_dir=setup.state_dir)
+    report = json.loads(status.stdout)
+    assert report["ipv4"]["address"] == NEW
+    assert report["changes"][-1]["old"] == OLD and report["changes"][-1]["new"] == NEW
+    assert report["daemon"]["alive"] is True
+    code, stderr = daemon.stop()
+    assert code == 0, stderr
+    assert f"ipv4 {OLD} -> {NEW}" in stderr
+    notify_socket.wait_for(STOPPING="1", timeout=5)
+    print(f"reaction to a WAN change: {reaction:.2f} s")
+
+
+def test_an_outside_edit_is_undone_within_2s_even_with_a_long_interval(
+    setup: Setup, start: Start, notify_socket: NotifyListener
+) -> None:
+    setup.write_config("1h")
+    setup.answer(NEW)
+    start()
+    notify_socket.wait_for(READY="1", timeout=15)
+    wait_until(lambda: setup.asterisk_shows(NEW), 5, "the first apply")
+    reverted = setup.pjsip.read_text().replace(NEW, OLD)
+    temporary = setup.pjsip.with_suffix(".edit")
+    temporary.write_text(reverted)
+    edited_at = time.monotonic()
+    temporary.rename(setup.pjsip)  # as FreePBX and editors write: a rename over the file
+    wait_until(lambda: NEW in setup.pjsip.read_text(), 2.0, "ipwatch to undo the outside edit")
+    print(f"outside edit undone after {time.monotonic() - edited_at:.2f} s")
+    wait_until(lambda: setup.asterisk_shows(NEW), 5, "Asterisk to be told again")
+
+
+def test_trigger_runs_a_round_now(
+    setup: Setup, start: Start, notify_socket: NotifyListener
+) -> None:
+    setup.write_config("1h")
+    start()
+    notify_socket.wait_for(READY="1", timeout=15)
+    setup.answer(NEW)
+    triggered_at = time.monotonic()
+    result = run_ipwatch("trigger", state_dir=setup.state_dir)
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: setup.asterisk_shows(NEW), 3.0, "the triggered change")
+    print(f"trigger -> applied in {time.monotonic() - triggered_at:.2f} s")
+
+
+def test_trigger_without_a_daemon_exits_3(tmp_path: Path) -> None:
+    result = run_ipwatch("trigger", state_dir=tmp_path)
+    assert result.returncode == 3
+    assert "no `ipwatch run` is running" in result.stderr
+
+
+def test_a_second_daemon_exits_at_once(
+    setup: Setup, start: Start, notify_socket: NotifyListener
+) -> None:
+    setup.write_config("1h")
+    start()
+    notify_socket.wait_for(READY="1", timeout=15)
+    second = run_ipwatch("run", config=setup.config, state_dir=setup.state_dir, timeout=10)
+    assert second.returncode == 3
+    assert "another `ipwatch run` (pid" in second.stderr
+
+
+def test_sighup_with_a_broken_config_keeps_running_on_the_old_one(
+    setup: Setup, start: Start, notify_socket: NotifyListener
+) -> None:
+    setup.write_config("1h")
+    daemon = start()
+    notify_socket.wait_for(READY="1", timeout=15)
+    good = setup.config.read_text()
+    setup.config.write_text(good.replace("confirm = 2", 'confirm = "often"'))
+    daemon.signal(signal.SIGHUP)
+    reloading = notify_socket.wait_for(RELOADING="1", timeout=5)
+    assert int(reloading["MONOTONIC_USEC"]) > 0
+    again = notify_socket.wait_for(READY="1", timeout=5)
+    assert "config not reloaded" in again["STATUS"] and "confirm" in again["STATUS"]
+    assert daemon.process.poll() is None
+    setup.answer(NEW)  # the old config still works
+    assert run_ipwatch("trigger", state_dir=setup.state_dir).returncode == 0
+    wait_until(lambda: setup.asterisk_shows(NEW), 5, "a change under the old config")
+    code, stderr = daemon.stop()
+    assert code == 0
+    assert "still running with the previous config" in stderr
+
+
+def test_a_config_edit_reloads_like_sighup(
+    setup: Setup, start: Start, notify_socket: NotifyListener
+) -> None:
+    setup.write_config("1h")
+    start()
+    notify_socket.wait_for(READY="1", timeout=15)
+    setup.write_config("2s")
+    notify_socket.wait_for(RELOADING="1", timeout=5)
+    notify_socket.wait_for(READY="1", timeout=5)
+    setup.answer(NEW)  # the new 2 s interval now finds the change without a trigger
+    wait_until(lambda: setup.asterisk_shows(NEW), 2.2 + 2 * 0.33 + 2, "the change at 2 s")
+
+
+def test_sigterm_and_sigint_exit_0(
+    setup: Setup, start: Start, notify_socket: NotifyListener
+) -> None:
+    setup.write_config("1h")
+    for number in (signal.SIGTERM, signal.SIGINT):
+        daemon = start()
+        notify_socket.wait_for(READY="1", timeout=15)
+        daemon.signal(number)
+        code, stderr = daemon.stop()
+        assert code == 0, stderr
+        notify_socket.wait_for(STOPPING="1", timeout=5)
+        assert "Traceback" not in stderr
+
+
+def test_watchdog_pings_at_half_the_timeout(
+    setup: Setup, start: Start, notify_socket: NotifyListener
+) -> None:
+    setup.write_config("1h")
+    start(WATCHDOG_USEC="400000")
+    notify_socket.wait_for(READY="1", timeout=15)
+    first = notify_socket.wait_for(WATCHDOG="1", timeout=2)
+    began = time.monotonic()
+    for _ in range(4):
+        notify_socket.wait_for(WATCHDOG="1", timeout=1)
+    assert first and 0.5 < time.monotonic() - began < 2.0
+
+
+@pytest.mark.parametrize("jump", ["+5y", "-5y"])
+def test_a_wall_clock_jump_neither_bursts_nor_stalls(
+    setup: Setup, start: Start, notify_socket: NotifyListener, tmp_path: Path, jump: str
+) -> None:
+    if not FAKETIMES:
+        missing("libfaketime is not installed (apt-get install libfaketime)")
+    setup.write_config("1s")
+    # libfaketime re-reads this file at every clock reading: keep it out of watched directories.
+    (tmp_path / "faketime").mkdir()
+    offset = tmp_path / "faketime" / "offset"
+    offset.write_text("+0\n")
+    start(
+        LD_PRELOAD=str(FAKETIMES[0]),
+        FAKETIME_TIMESTAMP_FILE=str(offset),
+        FAKETIME_CACHE_DURATION="1",  # re-read the offset each second, not at every reading
+        FAKETIME_DONT_FAKE_MONOTONIC="1",
+    )
+    notify_socket.wait_for(READY="1", timeout=15)
+    notify_socket.wait_for(lambda m: m.get("STATUS", "").startswith(f"ipv4 {OLD} (2/2"), 5)
+    responder = setup.responders[0]
+    settled = responder.requests
+    wait_until(lambda: responder.requests >= settled + 2, 5, "rounds before the jump")
+    offset.write_text(f"{jump}\n")
+    jumped_at, before = time.monotonic(), responder.requests
+    wait_until(lambda: responder.requests >= before + 4, 8, f"rounds after a {jump} jump")
+    elapsed = time.monotonic() - jumped_at
+    # Four rounds 0.9-1.1 s apart: a burst would be far quicker, a stall far slower.
+    assert elapsed > 2.5, f"{responder.requests - before} rounds in {elapsed:.1f} s: a burst"
