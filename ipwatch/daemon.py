@@ -65,6 +65,7 @@ class Daemon:
         self.backoff = rounds.Backoff(config.fast_confirm, config.interval)
         self.announce = Announcer(config, self.writer)
         self.stop_requested = threading.Event()
+        self.scheduling = threading.Lock()
         self.ready = False
         self.spacing = 0.0
         self.refused: Mapping[Family, str] | None = None  # addresses Asterisk rejected
@@ -110,7 +111,11 @@ class Daemon:
             self.main_loop(wakeup)
         finally:
             self.notifier.stopping("stopping")
-            self.stop_requested.set()
+            with self.scheduling:
+                # From now on no thread adds jobs: APScheduler's shutdown holds the job store
+                # lock while it waits for the step under way, so an add_job from that step
+                # would wait for ever.
+                self.stop_requested.set()
             self.scheduler.shutdown(wait=True)  # the step under way finishes first
             self.watcher.stop()
             self.record_daemon(running=False)
@@ -133,7 +138,7 @@ class Daemon:
                 if number == signal.SIGUSR1:
                     log.info("trigger: a round now")
                     self.refused = None
-                    self.scheduler.modify_job("round", next_run_time=_now())
+                    self.round_now()
             now_offset = time.time() - time.monotonic()
             if abs(now_offset - offset) > CLOCK_JUMP_SECONDS:
                 log.warning(
@@ -150,28 +155,34 @@ class Daemon:
         spacing = self.spacing or self.config.interval
         # APScheduler takes next_run_time=None as "paused": leave it out to let the trigger say.
         when = {"next_run_time": _now()} if first_now else {}
-        self.scheduler.add_job(
-            self.round, _spaced(spacing, JITTER), id="round", replace_existing=True, **when
-        )
+        self.add_job(self.round, _spaced(spacing, JITTER), id="round", **when)
 
     def schedule_watchdog(self) -> None:
         every = watchdog_interval()
         if every is None:
             return
-        self.scheduler.add_job(
+        self.add_job(
             self.ping_watchdog,
             _spaced(every, 0.0),
             id="watchdog",
             executor="watchdog",
-            replace_existing=True,
             next_run_time=_now(),
         )
 
     def soon(self, step: Any, name: str, delay: float) -> None:
         """Run `step` once after `delay`; asking again before then starts the delay anew."""
-        self.scheduler.add_job(
-            step, "date", run_date=_now() + timedelta(seconds=delay), id=name, replace_existing=True
-        )
+        self.add_job(step, "date", run_date=_now() + timedelta(seconds=delay), id=name)
+
+    def add_job(self, step: Any, trigger: Any, **options: Any) -> None:
+        """Schedule `step`, replacing the job of the same id (not once the daemon stops)."""
+        with self.scheduling:
+            if not self.stop_requested.is_set():
+                self.scheduler.add_job(step, trigger, replace_existing=True, **options)
+
+    def round_now(self) -> None:
+        with self.scheduling:
+            if not self.stop_requested.is_set():
+                self.scheduler.modify_job("round", next_run_time=_now())
 
     def ping_watchdog(self) -> None:
         """Ping unless a step has shown no progress for longer than systemd allows."""
@@ -204,7 +215,13 @@ class Daemon:
         self.last_progress = time.monotonic()
         if self.stop_requested.is_set():
             raise StopRequested
-        self.notifier.status(line)
+        if not self.ready:
+            # A first round that drains calls for a restart may take `drain` (15 min): systemd
+            # must not time the start out meanwhile (TimeoutStartSec).
+            self.ready = True
+            self.notifier.ready(line)
+        else:
+            self.notifier.status(line)
 
     # --- steps ----------------------------------------------------------------------------
 

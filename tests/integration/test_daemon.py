@@ -287,3 +287,46 @@ def test_a_wall_clock_jump_neither_bursts_nor_stalls(
     elapsed = time.monotonic() - jumped_at
     # Four rounds 0.9-1.1 s apart: a burst would be far quicker, a stall far slower.
     assert elapsed > 2.5, f"{responder.requests - before} rounds in {elapsed:.1f} s: a burst"
+
+
+@pytest.fixture
+def draining(tmp_path: Path, test_asterisk_factory: AsteriskFactory) -> Iterator[Setup]:
+    """An Asterisk 16.10 (PJSIP changes need a restart) with a call up, a 30 s drain, and the new
+    address already in the state file, so the daemon's first round goes straight to draining."""
+    asterisk = test_asterisk_factory(
+        files={"pjsip.conf": PJSIP}, version="16.10.0", restart_downtime=0.2
+    )
+    asterisk.set_calls(1)
+    with StunResponder(answer=NEW) as one, StunResponder(answer=NEW) as two:
+        setup = Setup(tmp_path / "ipwatch.toml", tmp_path / "state", asterisk, [one, two])
+        setup.write_config("1h")
+        setup.config.write_text(setup.config.read_text().replace('drain = "1s"', 'drain = "30s"'))
+        assert run_ipwatch("check", config=setup.config, state_dir=setup.state_dir).returncode == 1
+        yield setup
+
+
+def test_a_first_round_draining_calls_reports_ready_meanwhile(
+    draining: Setup, start: Start, notify_socket: NotifyListener
+) -> None:
+    """A restart waiting for calls can take `drain`: systemd must hear READY before that."""
+    start()
+    ready = notify_socket.wait_for(READY="1", timeout=15)
+    assert "waiting for 1 call until" in ready["STATUS"]
+    assert not draining.asterisk_shows(NEW)
+    draining.asterisk.set_calls(0)
+    wait_until(lambda: draining.asterisk_shows(NEW), 15, "the restart once the call ended")
+
+
+def test_sigterm_cuts_a_drain_short_and_keeps_the_restart_pending(
+    draining: Setup, start: Start, notify_socket: NotifyListener
+) -> None:
+    daemon = start()
+    notify_socket.wait_for(READY="1", timeout=15)
+    stopped_at = time.monotonic()
+    code, stderr = daemon.stop()
+    assert code == 0, stderr
+    assert time.monotonic() - stopped_at < 7  # one poll of the call count (5 s) at most
+    assert "interrupted by the stop; a pending Asterisk action is kept" in stderr
+    status = run_ipwatch("status", "--json", state_dir=draining.state_dir)
+    assert any("restart Asterisk" in item for item in json.loads(status.stdout)["pending"])
+    assert not draining.asterisk_shows(NEW)
