@@ -59,7 +59,12 @@ def family_of(address: IPAddress) -> Family:
 
 def parse_address(text: str) -> IPAddress:
     """Return the address in `text` (no zone index, no brackets); ValueError if it is not one."""
-    return ipaddress.ip_address(text.strip())
+    address = ipaddress.ip_address(text.strip())
+    # Python takes any text after "%" as an IPv6 zone and keeps it in str(): "2001:db8::1%x;y"
+    # would carry ";" (or a line break) from a source's answer into an Asterisk config file.
+    if getattr(address, "scope_id", None) is not None:
+        raise ValueError(f"{text[:64]!r} has a zone index")
+    return address
 
 
 def rejection(address: IPAddress, accept: Iterable[IPNetwork] = ()) -> str | None:
@@ -81,7 +86,8 @@ def check_answer(
     try:
         address = parse_address(text)
     except ValueError:
-        return None, f"not an IP address: {text[:64]!r}"
+        zone = " (a zone index names an interface of one host)" if "%" in text else ""
+        return None, f"not an IP address: {text[:64]!r}{zone}"
     if family_of(address) != family:
         return str(address), f"an {family_of(address)} address where {family} was asked"
     return str(address), rejection(address, accept)

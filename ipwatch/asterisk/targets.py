@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipwatch.addresses import Family
+from ipwatch.addresses import Family, family_of, parse_address
 from ipwatch.asterisk.conf import Document, Section, Tree, TreeOption
 from ipwatch.config import TargetConfig
 from ipwatch.errors import ConfFileError
@@ -79,6 +79,8 @@ def plan_target(
     `sorcery` is sorcery.conf beside the target, if there is one: it says whether PJSIP reads
     its transports from these files at all.
     """
+    for family, address in addresses.items():
+        _require_plain(family, address)
     if target.kind == "pjsip":
         _refuse_realtime(sorcery)
         changes, notes, expected = _pjsip_changes(target, tree, addresses)
@@ -365,6 +367,17 @@ def _split_host_port(value: str) -> tuple[str, str | None]:
 
 
 # --- shared --------------------------------------------------------------------------------
+
+
+def _require_plain(family: Family, address: str) -> None:
+    """Refuse anything but an address in its normal form: the sources are checked already, but
+    this value goes into a file Asterisk executes `#include`s from (defence in depth)."""
+    try:
+        parsed = parse_address(address)
+    except ValueError:
+        parsed = None
+    if parsed is None or str(parsed) != address or family_of(parsed) != family:
+        raise ValueError(f"refusing {address!r} as the {family} address: not a plain IP address")
 
 
 def _is_address(value: str) -> bool:

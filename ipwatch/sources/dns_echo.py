@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Literal
 
-from ipwatch.addresses import Family, IPAddress, family_of
+from ipwatch.addresses import Family, IPAddress, family_of, parse_address
 from ipwatch.errors import SourceError
 from ipwatch.schema import HostPort
 from ipwatch.sources.dns import (
@@ -180,7 +180,7 @@ def _addresses_in(rrset: dns.rrset.RRset) -> list[IPAddress]:
     for rdata in rrset:
         for text in rdata.strings:
             try:
-                addresses.append(ipaddress.ip_address(text.decode("ascii", "replace").strip()))
+                addresses.append(parse_address(text.decode("ascii", "replace")))
             except ValueError:
                 continue  # e.g. Google's "edns0-client-subnet 198.51.100.0/24"
     return addresses
