@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint unit bench clean
+.PHONY: demo test lint unit fuzz bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
@@ -33,6 +33,10 @@ test: lint
 
 unit: $(VENV)/.test
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+# The fuzz targets run briefly in `make test`; here long (FUZZ_EXAMPLES per target, default 20000).
+fuzz: $(VENV)/.test
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests/fuzz $(PYTEST_ARGS)
 
 bench: $(VENV)/.test
 	$(BIN)/python -m tests.bench

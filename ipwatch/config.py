@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
+import stat
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -99,6 +101,8 @@ class AsteriskConfig:
     verify: bool = True
     ami: AmiConfig = field(default_factory=AmiConfig)
     console_socket: str = "/var/run/asterisk/asterisk.ctl"
+    # AMI sends the secret in clear text: only a loopback host, unless the admin says otherwise.
+    allow_remote_ami: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,7 @@ def load(path: str) -> Config:
     """Read and check the config file at `path`; raise ConfigError listing every problem."""
     try:
         with open(path, "rb") as file:
+            _refuse_unsafe(path, os.fstat(file.fileno()))
             raw = tomllib.load(file)
     except FileNotFoundError:
         raise ConfigError(
@@ -150,7 +155,54 @@ def load(path: str) -> Config:
         ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([f"{path}: not valid TOML ({error}); fix the syntax there"]) from None
-    return parse(raw, path)
+    config = parse(raw, path)
+    _refuse_readable_secrets(config)
+    return config
+
+
+def _refuse_unsafe(path: str, found: os.stat_result) -> None:
+    """Refuse a config file that someone but root or ipwatch's user could change: its commands
+    (source argv, hooks.dir) run as ipwatch, which may rewrite Asterisk's files."""
+    if found.st_uid not in (0, os.geteuid()):
+        raise ConfigError(
+            [f"{path}: owned by uid {found.st_uid}, not root or ipwatch's user; chown root {path}"]
+        )
+    if found.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError([f"{path}: writable by group or others; run chmod 640 {path}"])
+
+
+def _refuse_readable_secrets(config: Config) -> None:
+    """Check the secret files' modes when the config loads (`config check`, SIGHUP), not only
+    when a secret is first needed; a file that does not exist yet is reported when it is read."""
+    errors = []
+    for key, file in _secret_files(config):
+        try:
+            mode = os.stat(file).st_mode
+        except OSError:
+            continue
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            errors.append(
+                f"{config.path}: {key}: {file} is readable by group or others; run chmod 600 {file}"
+            )
+    if errors:
+        raise ConfigError(errors)
+
+
+def _secret_files(config: Config) -> list[tuple[str, str]]:
+    """The `*_file` keys that name secrets, with their key paths."""
+    found = []
+    if config.asterisk.ami.secret_file is not None:
+        found.append(("asterisk.ami.secret_file", config.asterisk.ami.secret_file))
+    for index, updater in enumerate(config.ddns):
+        for item in dataclasses.fields(updater.options):
+            value = getattr(updater.options, item.name)
+            if _names_secret(item.name) and item.name.endswith("_file") and value is not None:
+                found.append((f"ddns[{index}].{item.name}", value))
+    return found
+
+
+def _names_secret(key: str) -> bool:
+    return any(word in key for word in _SECRET_WORDS)
 
 
 def parse(raw: dict[str, Any], path: str = "<config>") -> Config:
@@ -255,8 +307,29 @@ def _check_consistency(config: Config, errors: list[str]) -> None:
             )
     if not config.families:
         errors.append('families: empty; list at least one of "ipv4", "ipv6"')
+    _check_ami_host(config.asterisk, errors)
     if len(set(config.families)) != len(config.families):
         errors.append("families: a family is listed twice; list each once")
+
+
+def _check_ami_host(settings: AsteriskConfig, errors: list[str]) -> None:
+    host = settings.ami.host
+    if settings.control != "ami" or settings.allow_remote_ami or _is_loopback(host):
+        return
+    errors.append(
+        f"asterisk.ami.host: {host} is not a loopback address and AMI sends its secret in clear"
+        " text; use 127.0.0.1 (tunnel a remote Asterisk's AMI over SSH or TLS), or set"
+        " allow_remote_ami = true in [asterisk] to accept the risk"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name could resolve anywhere, and differently tomorrow
 
 
 _SECRET_WORDS = ("secret", "password", "token", "passwd")
@@ -283,7 +356,7 @@ def _table_lines(table: Any, prefix: str) -> tuple[list[str], list[str]]:
         header = f"{prefix}.{item.name}" if prefix else item.name
         if not item.metadata.get("toml", True) or value is None:
             continue
-        if dataclasses.is_dataclass(value):
+        if dataclasses.is_dataclass(hints[item.name]):  # not a parsed value such as HostPort
             tables += ["", f"[{header}]", *_joined(_table_lines(value, header))]
         elif schema.is_table_list(hints[item.name]):
             for element in value:
@@ -302,11 +375,7 @@ def _plain(name: str, value: Any, hint: Any) -> Any:
         return schema.format_duration(value)
     if isinstance(value, tuple):
         return [_plain(name, item, Any) for item in value]
-    if (
-        isinstance(value, str)
-        and any(word in name for word in _SECRET_WORDS)
-        and not name.endswith("_file")
-    ):
+    if isinstance(value, str) and _names_secret(name) and not name.endswith("_file"):
         return MASK
     if isinstance(value, str):
         return mask_userinfo(value)
@@ -322,4 +391,6 @@ def _toml(value: Any) -> str:
         return "[" + ", ".join(_toml(item) for item in value) + "]"
     if isinstance(value, int | float):
         return repr(value)
-    return json.dumps(str(value))
+    # TOML has no surrogate-pair escapes, which ensure_ascii would write for characters beyond
+    # the BMP; DEL is the one control character JSON leaves unescaped and TOML refuses.
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import json
 import re
 import types
 import typing
@@ -34,14 +35,22 @@ class NonEmpty:
     """Marks a list that must hold at least one item: `Annotated[tuple[X, ...], NonEmpty()]`."""
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
+    if not _BARE_KEY.fullmatch(key):
+        # A quoted TOML key may hold anything, a newline even: shown quoted, an error stays
+        # one line and cannot forge another.
+        key = json.dumps(key)
     return f"{path}.{key}" if path else key
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_LONGEST_DURATION = 365 * 24 * 3600.0
 
 
 def parse_duration(value: Any) -> float:
@@ -54,6 +63,9 @@ def parse_duration(value: Any) -> float:
     seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if seconds <= 0:
         raise ValueError(f"{value!r} must be longer than zero")
+    if seconds > _LONGEST_DURATION:
+        # Huge values overflow timedelta in the scheduler and turn infinite past 1e308.
+        raise ValueError(f'{value!r} is longer than a year; write at most "8760h"')
     return seconds
 
 
