@@ -254,17 +254,6 @@ def run_ipwatch_with_importtime(state_dir: Path) -> str:
     return finished.stderr
 
 
-def test_demo_runs_offline_and_shows_the_change() -> None:
-    finished = run_ipwatch("demo")
-    assert finished.returncode == 0, finished.stderr
-    assert "ipv4 203.0.113.5 -> 203.0.113.7 confirmed" in finished.stdout
-    assert "rejected: private address (RFC 1918)" in finished.stdout
-    assert "2 confirmed changes in 7 rounds" in finished.stdout
-    assert "  -external_signaling_address = 203.0.113.5\n" in finished.stdout
-    assert "  +external_signaling_address = 203.0.113.7\n" in finished.stdout
-    assert "A second plan: in sync, nothing to write." in finished.stdout
-
-
 def test_each_family_asks_only_the_sources_that_can_observe_it(tmp_path: Path) -> None:
     if not ipv6_loopback_available():
         missing("IPv6 loopback (::1) is not available")
