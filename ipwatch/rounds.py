@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from ipwatch.addresses import Family
@@ -86,7 +86,7 @@ class Backoff:
         self.cap = cap
         self._failures: dict[tuple[str, Family], int] = {}
         self._retry_at: dict[tuple[str, Family], float] = {}
-        self._last_error: dict[tuple[str, Family], str] = {}
+        self._last_failure: dict[tuple[str, Family], Observation] = {}
 
     def split(
         self, sources: Sequence[SourceConfig], family: Family, now: float
@@ -97,8 +97,10 @@ class Backoff:
         for source in sources:
             key = (source.name, family)
             if now < self._retry_at.get(key, now):
-                error = f"{self._last_error[key]} (failing; asked again later)"
-                waiting.append(Observation(source.name, source.kind, None, None, error))
+                # As the last failure, so a router's "no public address" keeps its NAT hint.
+                last = self._last_failure[key]
+                error = f"{last.error} (failing; asked again later)"
+                waiting.append(replace(last, answer=None, latency_ms=None, error=error))
             else:
                 due.append(source)
         return due, waiting
@@ -112,6 +114,6 @@ class Backoff:
                 continue
             failures = self._failures.get(key, 0) + 1
             self._failures[key] = failures
-            self._last_error[key] = observation.error
+            self._last_failure[key] = observation
             wait = min(self.cap, self.first * 2 ** (failures - 1))
             self._retry_at[key] = now + wait - self.first / 2

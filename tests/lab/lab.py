@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from tests.peers.bind9 import Bind9, named_setup
 from tests.peers.coturn import coturn_command
 from tests.support import SBIN_DIRS, missing, need, run_ipwatch, stop, wait_until
 
@@ -45,6 +47,7 @@ CGNAT_ROUTER_WAN = "100.64.0.10"
 CGNAT_GATEWAY = "100.64.0.1"
 STUN_PORT = 3478
 NATPMP_PORT = 5351
+DNS_PORT = 53
 UPNP_PORT = 5000
 LAB_NETWORKS = ["198.51.100.0/24", "192.0.2.0/24"]  # for `accept`: the lab's "public" ranges
 START_TIMEOUT = 15.0
@@ -56,6 +59,7 @@ _ENV = {**os.environ, "PATH": os.pathsep.join([os.environ.get("PATH", ""), *SBIN
 _IP = shutil.which("ip", path=_ENV["PATH"]) or "ip"  # also in the prefix of run_ipwatch's command
 _counter = itertools.count(1)
 _NAME = re.compile(r"ipw(\d+)x(\d+)-(lan|rtr|cgn|wan)")
+_NAMED_RUNNING = re.compile(r"^\S+ \S+ running$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class Lab:
         self._holder: subprocess.Popen[bytes] | None = None
         self._servers: dict[str, _Server] = {}
         self._created: list[str] = []
+        self._named: tuple[list[str], str] | None = None  # named's command line and TSIG secret
 
     @classmethod
     @contextlib.contextmanager
@@ -177,15 +182,54 @@ class Lab:
             ),
         )
 
+    def count(self, role: Role, name: str, hook: Literal["input", "output"], match: str) -> None:
+        """Count the packets of `role` matching `match` (nft syntax, e.g. 'oifname "l0"') in its
+        input or output; read the counter with `counted(role, name)`."""
+        rules = f"table inet ipwcount {{\n{_COUNT_CHAINS}}}\n"
+        rules += f"add counter inet ipwcount {name}\n"
+        rules += f"add rule inet ipwcount {hook} {match} counter name {name}\n"
+        self.run(role, ["nft", "-f", "-"], input=rules)
+
+    def counted(self, role: Role, name: str) -> tuple[int, int]:
+        """(packets, bytes) counted so far by the counter `name` of `count`."""
+        listed = self.run(role, ["nft", "-j", "list", "counter", "inet", "ipwcount", name]).stdout
+        items = json.loads(listed)["nftables"]
+        [counter] = [item["counter"] for item in items if "counter" in item]
+        return int(counter["packets"]), int(counter["bytes"])
+
     # --- servers ---------------------------------------------------------------------------
 
-    def start_coturn(self) -> str:
-        """coturn answering STUN at 198.51.100.1:3478 in wan; returns "host:port"."""
-        directory = self.directory / "coturn"
+    def start_coturn(self, port: int = STUN_PORT) -> str:
+        """coturn answering STUN at 198.51.100.1:PORT in wan (a second one on another port is
+        a second, independent STUN server); returns "host:port"."""
+        name = "coturn" if port == STUN_PORT else f"coturn-{port}"
+        directory = self.directory / name
         directory.mkdir(exist_ok=True)
-        process = self.spawn("wan", "coturn", coturn_command(INTERNET_SERVER, STUN_PORT, directory))
-        self._wait_listening("wan", "coturn", process, "-u", INTERNET_SERVER, STUN_PORT)
-        return f"{INTERNET_SERVER}:{STUN_PORT}"
+        process = self.spawn("wan", name, coturn_command(INTERNET_SERVER, port, directory))
+        self._wait_listening("wan", name, process, "-u", INTERNET_SERVER, port)
+        return f"{INTERNET_SERVER}:{port}"
+
+    def start_bind9(self) -> Bind9:
+        """named in wan at 198.51.100.1:53, authoritative for the zones of tests/peers/bind9.py
+        (updates to "ddns.test" signed with its TSIG key). Started again after `stop("named")`,
+        it keeps its key and the updates it had taken (its journal)."""
+        if self._named is None:
+            directory = self.directory / "bind9"
+            directory.mkdir()
+            self._named = named_setup(directory, INTERNET_SERVER, DNS_PORT)
+        command, secret = self._named
+        process = self.spawn("wan", "named", command)
+        # Its log is the lab's DIR/named.log, where Bind9.log() reads it.
+        server = Bind9(INTERNET_SERVER, DNS_PORT, None, self.directory, process, secret)
+
+        def running() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"named exited with {process.returncode}: {server.log()}")
+            # With -g named logs "running" once its zones are loaded and it listens.
+            return bool(_NAMED_RUNNING.search(server.log()))
+
+        wait_until(running, START_TIMEOUT, "named to run in wan")
+        return server
 
     def start_miniupnpd(self, *, stun: bool = True) -> str:
         """miniupnpd (UPnP IGD and NAT-PMP) on the router's LAN side; with `stun` it learns
@@ -439,4 +483,10 @@ table inet filter {
   chain postrouting_miniupnpd {
   }
 }
+"""
+
+# For `Lab.count`: declaring existing chains again leaves their rules alone.
+_COUNT_CHAINS = """\
+  chain input { type filter hook input priority -10; policy accept; }
+  chain output { type filter hook output priority -10; policy accept; }
 """

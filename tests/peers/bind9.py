@@ -112,7 +112,9 @@ def _zone_file(zone: str, rdclass: str, records: dict[str, dict[str, tuple[str, 
     return "\n".join(lines) + "\n"
 
 
-def _named_conf(directory: Path, port: int, host6: str | None, secret: str) -> str:
+def _named_conf(
+    directory: Path, port: int, host6: str | None, secret: str, host: str = "127.0.0.1"
+) -> str:
     listen6 = f"listen-on-v6 port {port} {{ {host6}; }};" if host6 else "listen-on-v6 { none; };"
     in_zones = "\n".join(
         f'    zone "{zone}" IN {{ type primary; file "{zone}.zone";'
@@ -129,7 +131,7 @@ options {{
     pid-file "{directory}/named.pid";
     session-keyfile "{directory}/session.key";
     managed-keys-directory "{directory}";
-    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on port {port} {{ {host}; }};
     {listen6}
     recursion no;
     notify no;
@@ -150,14 +152,26 @@ view "internet" IN {{
 """
 
 
-def _write_config(directory: Path, port: int, host6: str | None, secret: str) -> Path:
+def _write_config(
+    directory: Path, port: int, host6: str | None, secret: str, host: str = "127.0.0.1"
+) -> Path:
     for zone in IN_ZONES:
         (directory / f"{zone}.zone").write_text(_zone_file(zone, "IN", IN_RECORDS))
     for zone in CH_ZONES:
         (directory / f"{zone}.ch.zone").write_text(_zone_file(zone, "CH", CH_RECORDS))
     conf = directory / "named.conf"
-    conf.write_text(_named_conf(directory, port, host6, secret))
+    conf.write_text(_named_conf(directory, port, host6, secret, host))
     return conf
+
+
+def named_setup(directory: Path, host: str, port: int) -> tuple[list[str], str]:
+    """For a named started elsewhere (inside a lab namespace): write the config serving the test
+    zones on host:port (IPv4 only) to `directory`; return its command line and the TSIG secret.
+    Running the same command again restarts it with the same key and the updates so far."""
+    named = need("named", "bind9")
+    secret = base64.b64encode(secrets.token_bytes(32)).decode()
+    conf = _write_config(directory, port, None, secret, host)
+    return [named, "-g", "-n", "1", "-c", str(conf)], secret
 
 
 def _answers(host: str, port: int) -> bool:
