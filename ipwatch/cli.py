@@ -233,12 +233,26 @@ def _check(args: argparse.Namespace, config: Config | None) -> int:
     if not args.apply:
         result = reconcile.check(config, writer, write=False)
     else:
+        _refuse_beside_the_daemon(_state_dir(args))
         announcer = Announcer(config, writer)
         announcer.retry_hooks()  # owed by an earlier run
         result = reconcile.check(config, writer, write=True, announce=announcer)
         announcer.update_ddns()  # a failed update of an earlier run may be due again
     print(json.dumps(result, indent=2) if args.json else report.format_check(result))
     return report.check_exit_status(result)
+
+
+def _refuse_beside_the_daemon(state_dir: Path) -> None:
+    """Two writers of the same files and the same Asterisk would race; the daemon owns them."""
+    from ipwatch.errors import InstanceError
+    from ipwatch.instance import running_pid
+
+    pid = running_pid(state_dir)
+    if pid is not None:
+        raise InstanceError(
+            f"`ipwatch run` (pid {pid}) manages these files; use `ipwatch trigger` to make it"
+            " check now, or `ipwatch check` without --apply"
+        )
 
 
 def _plan(args: argparse.Namespace, config: Config | None) -> int:

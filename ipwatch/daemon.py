@@ -45,6 +45,7 @@ DEBOUNCE_SECONDS = 0.5  # editors and FreePBX write several files in a burst
 CLOCK_CHECK_SECONDS = 1.0
 CLOCK_JUMP_SECONDS = 5.0  # a Raspberry Pi without RTC jumps years when NTP syncs at boot
 HEARTBEAT_SECONDS = 300.0  # how often the state file is rewritten just to say "still alive"
+PENDING_RETRY_CAP = 900.0  # an unreachable Asterisk is asked at least every 15 minutes
 JITTER = 0.1
 
 
@@ -63,8 +64,12 @@ class Daemon:
         }
         self.decisions: dict[Family, Decision] = {}
         self.backoff = rounds.Backoff(config.fast_confirm, config.interval)
-        self.announce = Announcer(config, self.writer)
+        self.announce = Announcer(config, self.writer, self.touch)
         self.stop_requested = threading.Event()
+        self.again = False  # a trigger came while a round ran
+        self.rejection: str | None = None  # why Asterisk refused the confirmed addresses
+        self.pending_retry_at = 0.0
+        self.pending_wait = 0.0
         self.scheduling = threading.Lock()
         self.ready = False
         self.spacing = 0.0
@@ -98,16 +103,16 @@ class Daemon:
         try:
             self.watcher.start()
             self.watcher.watch(self.watched_files())
-            self.scheduler.start()
-            self.schedule_rounds(first_now=True)
-            self.schedule_watchdog()
-            self.record_daemon(running=True)
+            self.record_daemon(running=True, started=True)
             log.info(
                 "started: %d sources, %d targets, every %s",
                 len(self.config.sources),
                 len(self.config.targets),
                 _seconds(self.config.interval),
             )
+            self.scheduler.start()
+            self.schedule_rounds(first_now=True)
+            self.schedule_watchdog()
             self.main_loop(wakeup)
         finally:
             self.notifier.stopping("stopping")
@@ -180,6 +185,9 @@ class Daemon:
                 self.scheduler.add_job(step, trigger, replace_existing=True, **options)
 
     def round_now(self) -> None:
+        # A round under way makes APScheduler skip this run (max_instances): `again` has the
+        # round ask for another when it ends.
+        self.again = True
         with self.scheduling:
             if not self.stop_requested.is_set():
                 self.scheduler.modify_job("round", next_run_time=_now())
@@ -226,6 +234,9 @@ class Daemon:
     # --- steps ----------------------------------------------------------------------------
 
     def round(self) -> None:
+        if self.stop_requested.is_set():
+            return  # queued before SIGTERM: the stop ends the current step only
+        self.again = False
         with self.step("round"):
             decisions = self.observe_and_decide()
             self.decisions = {f: _settled(d) for f, d in decisions.items()}
@@ -234,8 +245,9 @@ class Daemon:
             self.announce.retry_hooks()
             self.announce.update_ddns()
             self.converge(decisions)
-            self.heartbeat()
-            self.problem = None
+            self.retry_pending(decisions)
+            self.set_problem(self.rejection)
+        self.heartbeat()
         self.after_round()
 
     def observe_and_decide(self) -> dict[Family, Decision]:
@@ -251,6 +263,10 @@ class Daemon:
             self.trackings[family] = decision.tracking
             decisions[family] = decision
         return decisions
+
+    def touch(self) -> None:
+        """Progress without news: the watchdog ping goes on."""
+        self.last_progress = time.monotonic()
 
     def converge(self, decisions: Mapping[Family, Decision]) -> bool:
         """Bring the files (and Asterisk) in line with the confirmed addresses; True if written."""
@@ -271,13 +287,35 @@ class Daemon:
             # restart) would repeat every round; the restored files are ipwatch's own writing.
             self.refused = addresses
             self.restored = {path: _digest(path) for path in self.watcher.files}
-        else:
-            self.refused = None
+            self.rejection = str(asterisk.get("error"))
+        elif result["applied"]:
+            self.refused = self.rejection = None
+            self.restored = {}
         if result["applied"]:
             self.watcher.watch(self.watched_files())
-        elif reconcile.retry_pending(self.config, decisions, self.writer) is not None:
-            log.info("asterisk: the pending reload was done")
         return bool(result["applied"])
+
+    def retry_pending(self, decisions: Mapping[Family, Decision]) -> None:
+        """Tell Asterisk about files it could not be told about, less often the longer it is
+        unreachable (Asterisk down for hours must not fill the journal)."""
+        if time.monotonic() < self.pending_retry_at:
+            return
+        asterisk = reconcile.retry_pending(self.config, decisions, self.writer, self.progress)
+        if asterisk is None:
+            self.pending_wait = 0.0
+            return
+        if asterisk["action"] == "pending":
+            self.pending_wait = min(
+                PENDING_RETRY_CAP, max(self.config.interval, 2 * self.pending_wait)
+            )
+            self.pending_retry_at = time.monotonic() + self.pending_wait
+            return
+        self.pending_wait = self.pending_retry_at = 0.0
+        if asterisk.get("verified"):
+            log.info("asterisk: the pending %s is done, verified", asterisk["action"])
+            self.announce("applied", self.decisions)
+        else:
+            self.rejection = str(asterisk.get("error"))
 
     def check_files(self) -> None:
         """After file events: reload a changed config, reconcile changed targets.
@@ -285,20 +323,24 @@ class Daemon:
         ipwatch's own writes come here too; the plan then finds the files in sync and nothing
         happens. Files as a roll-back left them are not taken for an outside edit either.
         """
-        changed = self.watcher.changed()
-        if Path(os.path.realpath(self.config.path)) in changed:
-            log.info("%s changed: reloading the config", self.config.path)
-            self.reload_config()
-            return
-        if not changed or all(self.restored.get(p) == _digest(p) for p in changed):
-            return
-        with self.step("reconcile"):
-            self.refused = None
-            if self.decisions and self.converge(self.decisions):
-                log.info("%s had been changed by someone else", ", ".join(map(str, changed)))
-            self.watcher.watch(self.watched_files())
+        # Files changed while this step ran are looked at again before it ends: their events
+        # found the step busy.
+        while not self.stop_requested.is_set() and (changed := self.watcher.changed()):
+            if Path(os.path.realpath(self.config.path)) in changed:
+                log.info("%s changed: reloading the config", self.config.path)
+                self.reload_config()
+                continue
+            if all(self.restored.get(p) == _digest(p) for p in changed):
+                continue
+            with self.step("reconcile"):
+                self.refused = None
+                if self.decisions and self.converge(self.decisions):
+                    log.info("%s had been changed by someone else", ", ".join(map(str, changed)))
+                self.watcher.watch(self.watched_files())
 
     def reload_config(self) -> None:
+        if self.stop_requested.is_set():
+            return
         with self.step("reload"):
             self.notifier.reloading("reloading the config")
             try:
@@ -307,16 +349,16 @@ class Daemon:
                 first = str(error).splitlines()[0]
                 log.error("config: %s; still running with the previous config", first)
                 self.config_problem = f"config not reloaded: {first}"
-                return
+            else:
+                self.apply_config(new)
             finally:
                 self.notifier.ready(self.status_line())
-            self.apply_config(new)
 
     def apply_config(self, new: Config) -> None:
         self.config = new
         self.trackings = {f: self.trackings.get(f, Tracking()) for f in new.families}
         self.backoff = rounds.Backoff(new.fast_confirm, new.interval)
-        self.announce = Announcer(new, self.writer)
+        self.announce = Announcer(new, self.writer, self.touch)
         self.refused = None
         self.problem = self.config_problem = None
         self.spacing = 0.0
@@ -335,6 +377,10 @@ class Daemon:
         if spacing != self.spacing:
             self.spacing = spacing
             self.schedule_rounds(first_now=False)
+        if self.again:
+            # Under another id: the "round" job still counts as running until this returns.
+            self.again = False
+            self.soon(self.round, "round-again", 0.0)
         status = self.status_line()
         if not self.ready:
             self.ready = True
@@ -362,9 +408,17 @@ class Daemon:
                     self.announce("recovered", {family: decision})
 
     def report_problem(self, problem: str) -> None:
-        if problem != self.problem:
+        self.set_problem(problem)
+
+    def set_problem(self, problem: str | None) -> None:
+        """The daemon's current problem (None: none); logged once, kept in the state file for
+        `ipwatch status` (CRITICAL), and shown in systemd's STATUS."""
+        if problem == self.problem:
+            return
+        if problem:
             log.error("%s", problem)
         self.problem = problem
+        self.record_daemon(running=True)
 
     def status_line(self) -> str:
         problem = self.problem or self.config_problem
@@ -388,12 +442,16 @@ class Daemon:
             self.last_heartbeat = now
             self.record_daemon(running=True)
 
-    def record_daemon(self, *, running: bool) -> None:
+    def record_daemon(self, *, running: bool, started: bool = False) -> None:
         state = self.writer.current
         entry = dict(state.get("daemon") or {})
         if running:
-            entry.update(pid=os.getpid(), heartbeat=_stamp(), heartbeat_every=HEARTBEAT_SECONDS)
-            entry.setdefault("started", _stamp())
+            # `status` warns when the heartbeat is older than twice this (plus a minute).
+            every = max(HEARTBEAT_SECONDS, 1.1 * self.config.interval)
+            entry.update(pid=os.getpid(), heartbeat=_stamp(), heartbeat_every=every)
+            entry["problem"] = self.problem or self.config_problem
+            if started:
+                entry["started"] = _stamp()
             entry.pop("stopped", None)
         else:
             entry["stopped"] = _stamp()

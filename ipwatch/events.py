@@ -9,8 +9,9 @@ round; the events still owed are kept in the state file, so a restart does not f
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ipwatch import state as state_file
@@ -20,29 +21,56 @@ from ipwatch.decide import Decision
 from ipwatch.hooks import Event, EventName, run_hooks
 from ipwatch.reconcile import StateWriter
 
+log = logging.getLogger("ipwatch")
+
+MAX_RETRIES = 10
+
 
 class Announcer:
     """Raises events for one config; callable as reconcile.Announce."""
 
-    def __init__(self, config: Config, writer: StateWriter) -> None:
+    def __init__(
+        self, config: Config, writer: StateWriter, alive: Callable[[], None] | None = None
+    ) -> None:
         self.config = config
         self.writer = writer
+        self.alive = alive  # called before each hook and DDNS pass: progress for the watchdog
 
     def __call__(
         self, event: str, decisions: Mapping[Family, Decision], error: str | None = None
     ) -> None:
         if event == "change":
             self.update_ddns()
-        for hook_event in events_for(event, decisions, self.writer.current, error):
-            self._run(hook_event, None)
+        owed = [
+            entry
+            for hook_event in events_for(event, decisions, self.writer.current, error)
+            if (entry := self._run(hook_event, None, tries=0)) is not None
+        ]
+        if owed:
+            self._owe([*(self.writer.current.get("retry_hooks") or []), *owed])
 
     def retry_hooks(self) -> None:
-        """Run again the hooks that asked for it (exit 75) at an earlier round."""
+        """Run again the hooks that asked for it (exit 75) at an earlier round, at most
+        MAX_RETRIES times each: a hook that always says "later" must not run for ever."""
         owed = self.writer.current.get("retry_hooks") or []
-        if owed:
-            self.writer.save({**self.writer.current, "retry_hooks": []})
-            for entry in owed:
-                self._run(_event_from_json(entry["event"]), set(entry["hooks"]))
+        if not owed:
+            return
+        still = []
+        for entry in owed:
+            tries = int(entry.get("tries", 0)) + 1
+            again = self._run(_event_from_json(entry["event"]), set(entry["hooks"]), tries)
+            if again is None:
+                continue
+            if tries >= MAX_RETRIES:
+                log.error(
+                    "hook %s: still asking to be run again for %s after %d tries; given up",
+                    ", ".join(again["hooks"]),
+                    entry["event"].get("name"),
+                    tries,
+                )
+                continue
+            still.append(again)
+        self._owe(still)
 
     def update_ddns(self) -> None:
         """Bring the DDNS records to the confirmed addresses; results go to the state file.
@@ -55,6 +83,9 @@ class Announcer:
             return
         from ipwatch.ddns import run_updaters
 
+        if self.alive is not None:
+            self.alive()
+
         results, memory = run_updaters(
             self.config.ddns, addresses, state.get("ddns") or {}, time.time()
         )
@@ -65,13 +96,18 @@ class Announcer:
         kept = {name: shown[name] for name in memory if name in shown}
         self.writer.save({**self.writer.current, "ddns": memory, "ddns_status": kept})
 
-    def _run(self, event: Event, only: set[str] | None) -> None:
-        results = run_hooks(self.config.hooks, event, self.config.path, only=only)
+    def _run(self, event: Event, only: set[str] | None, tries: int) -> dict[str, Any] | None:
+        """Run the hooks; return what is owed to those that exited 75, or None."""
+        results = run_hooks(
+            self.config.hooks, event, self.config.path, only=only, before_each=self.alive
+        )
         again = [result.name for result in results if result.status == "tempfail"]
-        if again:
-            owed = [*(self.writer.current.get("retry_hooks") or [])]
-            owed.append({"event": dataclasses.asdict(event), "hooks": again})
-            self.writer.save({**self.writer.current, "retry_hooks": owed})
+        if not again:
+            return None
+        return {"event": dataclasses.asdict(event), "hooks": again, "tries": tries}
+
+    def _owe(self, owed: list[dict[str, Any]]) -> None:
+        self.writer.save({**self.writer.current, "retry_hooks": owed})
 
 
 def confirmed_addresses(state: state_file.State) -> dict[Family, str]:

@@ -26,7 +26,7 @@ import os
 import signal
 import stat
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -222,8 +222,11 @@ def run_hooks(
     config_path: str,
     only: Collection[str] | None = None,
     kill_grace: float = KILL_GRACE,
+    before_each: Callable[[], None] | None = None,
 ) -> list[HookResult]:
     """Run every hook in `settings.dir` (or only those named in `only`) for `event`, one at a time.
+
+    `before_each` is called before each hook (the daemon counts it as progress for its watchdog).
 
     Return one result per hook that was run or refused; never raise for a hook's failure. A
     directory that exists but cannot be read gives one "refused" result named after it.
@@ -238,6 +241,8 @@ def run_hooks(
     for hook in hooks:
         if only is not None and hook.name not in only:
             continue
+        if before_each is not None:
+            before_each()
         if hook.refused:
             result = HookResult(hook.name, "refused", reason=hook.refused)
         else:

@@ -157,7 +157,10 @@ def _announce_outcome(
 
 
 def retry_pending(
-    config: Config, decisions: Mapping[Family, Decision], writer: StateWriter
+    config: Config,
+    decisions: Mapping[Family, Decision],
+    writer: StateWriter,
+    progress: control.Progress,
 ) -> dict[str, Any] | None:
     """Tell Asterisk about files written while it could not be reached; None if nothing pends."""
     addresses = confirmed(decisions)
@@ -166,7 +169,7 @@ def retry_pending(
     the_plan = plan(config, addresses)
     if not the_plan.in_sync:
         return None  # the round's own apply tells Asterisk
-    asterisk = tell_asterisk(config, the_plan.targets, None, lambda line: None)
+    asterisk = tell_asterisk(config, the_plan.targets, None, progress)
     if asterisk["action"] != "pending":
         writer.save({**writer.current, "pending": []})
     return asterisk
@@ -197,6 +200,10 @@ def tell_asterisk(
     try:
         link = teller.connect()
         action = control.choose_action(settings.apply, link.version(), teller.kinds)
+        if applied is None and settings.verify and not _problems(link, targets):
+            # A retry, and Asterisk already runs on the new values (it restarted meanwhile).
+            link.close()
+            return {"action": "none", "verified": True}
     except AsteriskError as error:
         log.error("asterisk: %s; the reload stays pending", error)
         return {"action": "pending", "verified": False, "error": str(error)}

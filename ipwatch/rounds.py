@@ -78,8 +78,8 @@ def summary(decision: Decision) -> dict[str, Any]:
 class Backoff:
     """Ask a failing source less often: after n failures in a row it is asked again after
     `first` * 2^(n-1), at most `cap` (the next round, then 2, 4, 8 ... rounds of `first` later).
-    Half a `first` is allowed early, so the rounds' jitter never skips one more. Meanwhile the
-    source counts as failed, with its last error."""
+    Half a `first` (or 15 % of the wait) is allowed early, so the rounds' ±10 % jitter never
+    skips one more. Meanwhile the source counts as failed, with its last error."""
 
     def __init__(self, first: float, cap: float) -> None:
         self.first = first
@@ -116,4 +116,4 @@ class Backoff:
             self._failures[key] = failures
             self._last_failure[key] = observation
             wait = min(self.cap, self.first * 2 ** (failures - 1))
-            self._retry_at[key] = now + wait - self.first / 2
+            self._retry_at[key] = now + wait - max(self.first / 2, 0.15 * wait)

@@ -83,6 +83,8 @@ def _daemon_problems(daemon: dict[str, Any], now: float) -> list[tuple[int, str]
     if not daemon["alive"]:
         stopped = f" (stopped at {daemon['stopped']})" if daemon.get("stopped") else ""
         return [(WARNING, f"the daemon (pid {daemon['pid']}) is not running{stopped}")]
+    if daemon.get("problem"):
+        return [(CRITICAL, f"daemon: {daemon['problem']}")]
     beat = _seconds_since(daemon.get("heartbeat"), now)
     every = float(daemon.get("heartbeat_every") or 0)
     if beat is not None and every and beat > 2 * every + 60:
@@ -101,7 +103,10 @@ def _seconds_since(stamp: Any, now: float) -> float | None:
 def _daemon(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
     if not recorded or not recorded.get("pid"):
         return None
-    return {**recorded, "alive": _pid_alive(int(recorded["pid"]))}
+    # A clean stop says so; after a crash or power loss the pid may belong to another process
+    # by now, which only the heartbeat's age then gives away.
+    alive = not recorded.get("stopped") and _pid_alive(int(recorded["pid"]))
+    return {**recorded, "alive": alive}
 
 
 def _pid_alive(pid: int) -> bool:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -48,6 +48,9 @@ class Setup:
     def answer(self, address: str) -> None:
         for responder in self.responders:
             responder.answer = address
+
+    def reloads(self) -> int:
+        return self.asterisk.commands().count("module reload res_pjsip.so")
 
     def asterisk_shows(self, address: str) -> bool:
         state = self.asterisk.effective_transport("transport-udp-nat")
@@ -156,6 +159,8 @@ def test_an_outside_edit_is_undone_within_2s_even_with_a_long_interval(
     start()
     notify_socket.wait_for(READY="1", timeout=15)
     wait_until(lambda: setup.asterisk_shows(NEW), 5, "the first apply")
+    # ipwatch's own write is recognised: the events it causes make no second reload.
+    wait_until(lambda: setup.reloads() == 1, 5, "the first reload")
     reverted = setup.pjsip.read_text().replace(NEW, OLD)
     temporary = setup.pjsip.with_suffix(".edit")
     temporary.write_text(reverted)
@@ -163,7 +168,8 @@ def test_an_outside_edit_is_undone_within_2s_even_with_a_long_interval(
     temporary.rename(setup.pjsip)  # as FreePBX and editors write: a rename over the file
     wait_until(lambda: NEW in setup.pjsip.read_text(), 2.0, "ipwatch to undo the outside edit")
     print(f"outside edit undone after {time.monotonic() - edited_at:.2f} s")
-    wait_until(lambda: setup.asterisk_shows(NEW), 5, "Asterisk to be told again")
+    wait_until(lambda: setup.reloads() == 2, 5, "Asterisk to be told again")
+    assert setup.asterisk_shows(NEW)
 
 
 def test_trigger_runs_a_round_now(
@@ -228,6 +234,7 @@ def test_a_config_edit_reloads_like_sighup(
     setup.write_config("2s")
     notify_socket.wait_for(RELOADING="1", timeout=5)
     notify_socket.wait_for(READY="1", timeout=5)
+    notify_socket.wait_for(lambda m: "STATUS" in m and "READY" not in m, 5)  # the round after
     setup.answer(NEW)  # the new 2 s interval now finds the change without a trigger
     wait_until(lambda: setup.asterisk_shows(NEW), 2.2 + 2 * 0.33 + 2, "the change at 2 s")
 
@@ -270,7 +277,7 @@ def test_a_wall_clock_jump_neither_bursts_nor_stalls(
     (tmp_path / "faketime").mkdir()
     offset = tmp_path / "faketime" / "offset"
     offset.write_text("+0\n")
-    start(
+    daemon = start(
         LD_PRELOAD=str(FAKETIMES[0]),
         FAKETIME_TIMESTAMP_FILE=str(offset),
         FAKETIME_CACHE_DURATION="1",  # re-read the offset each second, not at every reading
@@ -287,6 +294,8 @@ def test_a_wall_clock_jump_neither_bursts_nor_stalls(
     elapsed = time.monotonic() - jumped_at
     # Four rounds 0.9-1.1 s apart: a burst would be far quicker, a stall far slower.
     assert elapsed > 2.5, f"{responder.requests - before} rounds in {elapsed:.1f} s: a burst"
+    _, stderr = daemon.stop()
+    assert "clock: the wall clock jumped by" in stderr  # the jump did happen
 
 
 @pytest.fixture
@@ -330,3 +339,54 @@ def test_sigterm_cuts_a_drain_short_and_keeps_the_restart_pending(
     status = run_ipwatch("status", "--json", state_dir=draining.state_dir)
     assert any("restart Asterisk" in item for item in json.loads(status.stdout)["pending"])
     assert not draining.asterisk_shows(NEW)
+
+
+def test_a_trigger_during_a_round_is_not_lost(
+    setup: Setup, start: Start, notify_socket: NotifyListener
+) -> None:
+    # A third source that takes 1.5 s makes every round that long.
+    slow = f'[[source]]\nkind = "command"\nargv = ["sh", "-c", "sleep 1.5; echo {OLD}"]\n'
+    setup.write_config("1h", extra=slow + 'timeout = "5s"\n')
+    start()
+    notify_socket.wait_for(READY="1", timeout=15)
+    responder = setup.responders[0]
+    asked = responder.requests
+    assert run_ipwatch("trigger", state_dir=setup.state_dir).returncode == 0
+    wait_until(lambda: responder.requests == asked + 1, 5, "the triggered round to start")
+    assert run_ipwatch("trigger", state_dir=setup.state_dir).returncode == 0  # while it runs
+    wait_until(lambda: responder.requests == asked + 2, 6, "a round for the second trigger")
+
+
+def test_check_apply_is_refused_while_the_daemon_runs(
+    setup: Setup, start: Start, notify_socket: NotifyListener
+) -> None:
+    setup.write_config("1h")
+    start()
+    notify_socket.wait_for(READY="1", timeout=15)
+    result = run_ipwatch("check", "--apply", config=setup.config, state_dir=setup.state_dir)
+    assert result.returncode == 3
+    assert "manages these files; use `ipwatch trigger`" in result.stderr
+    assert run_ipwatch("check", config=setup.config, state_dir=setup.state_dir).returncode == 0
+
+
+def test_a_rejected_address_is_critical_in_status_and_not_retried(
+    setup: Setup, start: Start, notify_socket: NotifyListener
+) -> None:
+    setup.asterisk.faults = replace(setup.asterisk.faults, reject_reload=True)
+    setup.write_config("300ms")
+    daemon = start()
+    notify_socket.wait_for(READY="1", timeout=15)
+    setup.answer(NEW)
+    wait_until(
+        lambda: "rolled back" in str(setup.state().get("daemon")), 10, "the roll-back recorded"
+    )
+    status = run_ipwatch("status", state_dir=setup.state_dir)
+    assert status.returncode == 2, status.stdout
+    assert "daemon: Asterisk did not take the new address" in status.stdout
+    assert OLD in setup.pjsip.read_text() and NEW not in setup.pjsip.read_text()
+    reloads = setup.reloads()
+    responder = setup.responders[0]
+    rounds = responder.requests
+    wait_until(lambda: responder.requests >= rounds + 5, 10, "more rounds")
+    assert setup.reloads() == reloads  # the same rejected address is not pushed every round
+    daemon.stop()

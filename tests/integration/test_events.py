@@ -105,3 +105,22 @@ def test_a_hook_asking_for_a_retry_runs_again_at_the_next_round(
     records = (tmp_path / "hooks.d" / "10-record.log").read_text().splitlines()
     assert [line.split()[0] for line in records] == ["change"]  # the others are not run again
     assert "asked to be run again" not in run_ipwatch("status", state_dir=state_dir).stdout
+
+
+def test_a_hook_that_always_asks_for_a_retry_is_given_up_after_ten_tries(
+    tmp_path: Path, bind9: Bind9
+) -> None:
+    state_dir = tmp_path / "state"
+    with StunResponder(answer=NEW) as responder:
+        config = write_config(tmp_path, responder, bind9, f"pbx-{uuid.uuid4().hex[:8]}")
+        stubborn = tmp_path / "hooks.d" / "20-stubborn"
+        stubborn.write_text('#!/bin/sh\necho "$1" >> "$0.log"\nexit 75\n')
+        stubborn.chmod(0o755)
+        outputs = [
+            run_ipwatch("check", "--apply", config=config, state_dir=state_dir).stderr
+            for _ in range(12)
+        ]
+    assert (tmp_path / "hooks.d" / "20-stubborn.log").read_text() == "change\n" * 11
+    assert "still asking to be run again for change after 10 tries; given up" in outputs[10]
+    state = json.loads((state_dir / "state.json").read_text())
+    assert state["retry_hooks"] == []
