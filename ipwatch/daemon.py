@@ -67,6 +67,7 @@ class Daemon:
         self.announce = Announcer(config, self.writer, self.touch)
         self.stop_requested = threading.Event()
         self.again = False  # a trigger came while a round ran
+        self.eager = 0  # rounds still to run `fast_confirm` apart after a trigger
         self.rejection: str | None = None  # why Asterisk refused the confirmed addresses
         self.pending_retry_at = 0.0
         self.pending_wait = 0.0
@@ -188,6 +189,9 @@ class Daemon:
         # A round under way makes APScheduler skip this run (max_instances): `again` has the
         # round ask for another when it ends.
         self.again = True
+        # Something changed (a trigger comes from NetworkManager, dhclient, ppp): look closely
+        # for a few rounds, even if the first finds no quorum because a router lags behind.
+        self.eager = self.config.confirm + 2
         with self.scheduling:
             if not self.stop_requested.is_set():
                 self.scheduler.modify_job("round", next_run_time=_now())
@@ -372,7 +376,8 @@ class Daemon:
     # --- reporting ------------------------------------------------------------------------
 
     def after_round(self) -> None:
-        confirming = any(t.candidate for t in self.trackings.values())
+        confirming = any(t.candidate for t in self.trackings.values()) or self.eager > 0
+        self.eager = max(0, self.eager - 1)
         spacing = self.config.fast_confirm if confirming else self.config.interval
         if spacing != self.spacing:
             self.spacing = spacing

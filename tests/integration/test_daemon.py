@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -390,3 +390,36 @@ def test_a_rejected_address_is_critical_in_status_and_not_retried(
     wait_until(lambda: responder.requests >= rounds + 5, 10, "more rounds")
     assert setup.reloads() == reloads  # the same rejected address is not pushed every round
     daemon.stop()
+
+
+def test_a_hung_round_stops_the_watchdog_pings(
+    setup: Setup, start: Start, notify_socket: NotifyListener, tmp_path: Path
+) -> None:
+    marker = tmp_path / "hang"
+    hang = (
+        f'[[source]]\nkind = "command"\ntimeout = "10s"\n'
+        f'argv = ["sh", "-c", "[ -e {marker} ] && sleep 4; echo {OLD}"]\n'
+    )
+    setup.write_config("1h", extra=hang)
+    start(WATCHDOG_USEC="600000")  # a ping every 0.3 s; silence allowed for 0.6 s
+    notify_socket.wait_for(READY="1", timeout=15)
+    notify_socket.wait_for(WATCHDOG="1", timeout=2)
+    marker.touch()
+    assert run_ipwatch("trigger", state_dir=setup.state_dir).returncode == 0
+    pings = count_during(lambda: pings_in(notify_socket), 2.0)
+    # Without progress for 0.6 s the pings stop; a loop that pinged regardless would send ~7.
+    assert pings <= 2, f"{pings} pings while the round hung"
+    marker.unlink()
+    notify_socket.wait_for(WATCHDOG="1", timeout=6)  # back once the round ends
+
+
+def pings_in(listener: NotifyListener) -> int:
+    return sum(message.get("WATCHDOG") == "1" for message in listener.messages())
+
+
+def count_during(counter: Callable[[], int], seconds: float) -> int:
+    """How much `counter` grows over `seconds` (a measurement, not a synchronisation)."""
+    before, deadline = counter(), time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return counter() - before
