@@ -15,15 +15,14 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 from urllib.parse import SplitResult, quote, urlencode, urljoin, urlsplit
 
-from ipwatch import __version__
 from ipwatch.addresses import FAMILIES, Family, family_of
 from ipwatch.ddns import UpdateError
 from ipwatch.errors import SourceError
 from ipwatch.schema import format_duration
-from ipwatch.sources.http import _connect, _DeadlineView, _explain, _remaining, display, parse_url
+from ipwatch.sources.http import connect, display, exchange, explain, parse_url, request_head
 
 MAX_BYTES = 1 << 20  # API answers here are a few kB; a megabyte means something is wrong
 MAX_RETRY_AFTER = 86400.0
@@ -141,21 +140,12 @@ def _retry_after(value: str | None) -> float | None:
 def _exchange(
     method: str, url: SplitResult, deadline: float, headers: dict[str, str], body: Any
 ) -> Response:
-    import http.client
-
     payload = b"" if body is None else json.dumps(body).encode()
     if body is not None:
         headers["Content-Type"] = "application/json"
-    with _connect_any(url, deadline) as sock:
-        sock.settimeout(_remaining(deadline))
-        sock.sendall(_head(method, url, headers, len(payload) if body is not None else None))
-        sock.sendall(payload)
-        response = http.client.HTTPResponse(cast(socket.socket, _DeadlineView(sock, deadline)))
-        try:
-            response.begin()
-            data = response.read(MAX_BYTES + 1)
-        finally:
-            response.close()
+    request = _head(method, url, headers, len(payload) if body is not None else None) + payload
+    with _connect_any(url, deadline) as sock, exchange(sock, request, deadline) as response:
+        data = response.read(MAX_BYTES + 1)
     if len(data) > MAX_BYTES:
         raise UpdateError(f"{display(url)} answered with more than {MAX_BYTES} bytes")
     found = {name.lower(): value for name, value in response.getheaders()}
@@ -163,14 +153,7 @@ def _exchange(
 
 
 def _head(method: str, url: SplitResult, headers: Mapping[str, str], length: int | None) -> bytes:
-    target = (url.path or "/") + (f"?{url.query}" if url.query else "")
-    lines = [
-        f"{method} {target} HTTP/1.1",
-        f"Host: {url.netloc}",
-        f"User-Agent: ipwatch/{__version__}",
-        "Accept: application/json, text/plain;q=0.9",
-        "Connection: close",
-    ]
+    lines = []
     if length is not None:
         lines.append(f"Content-Length: {length}")
     for name, value in headers.items():
@@ -182,7 +165,7 @@ def _head(method: str, url: SplitResult, headers: Mapping[str, str], length: int
                 permanent=True,
             )
         lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+    return request_head(method, url, url.netloc, "application/json, text/plain;q=0.9", lines)
 
 
 def _connect_any(url: SplitResult, deadline: float) -> socket.socket:
@@ -194,7 +177,7 @@ def _connect_any(url: SplitResult, deadline: float) -> socket.socket:
     last: OSError | None = None
     for family in families:
         try:
-            return _connect(url, family, deadline)
+            return connect(url, family, deadline)
         except TimeoutError:
             raise  # the budget is spent: the other family would fail the same way
         except OSError as error:
@@ -206,5 +189,5 @@ def _connect_any(url: SplitResult, deadline: float) -> socket.socket:
 def _failure(error: Exception, url: SplitResult, timeout: float) -> UpdateError:
     if isinstance(error, socket.gaierror):
         return UpdateError(f"cannot resolve {url.hostname} ({error.strerror})")
-    explained: SourceError = _explain(error, url, "ipv4", timeout)
+    explained: SourceError = explain(error, url, "ipv4", timeout)
     return UpdateError(str(explained))

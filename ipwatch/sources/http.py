@@ -18,10 +18,12 @@ Name resolution uses the system resolver, whose own timeouts (resolv.conf) are n
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import ipaddress
 import socket
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, cast
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 MAX_REDIRECTS = 3
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_ACCEPT = "text/plain, application/json;q=0.9, */*;q=0.8"
 
 
 def parse_url(value: Any) -> str:
@@ -87,7 +90,7 @@ def ask(options: Options, family: Family, timeout: float) -> str:
         try:
             location, body = _get(url, origin, family, deadline, options.max_bytes)
         except (OSError, http.client.HTTPException) as error:
-            raise _explain(error, url, family, timeout) from None
+            raise explain(error, url, family, timeout) from None
         if location is None:
             return find_address(body.decode("utf-8", "replace"), family, display(url))
         url = _redirect_target(url, location, visited)
@@ -132,17 +135,11 @@ def _get(
     url: SplitResult, origin: SplitResult, family: Family, deadline: float, max_bytes: int
 ) -> tuple[str | None, bytes]:
     """Make one request; return (redirect location, b"") or (None, body of a 2xx answer)."""
-    import http.client
-
-    with _connect(url, family, deadline) as sock:
-        sock.settimeout(_remaining(deadline))
-        sock.sendall(_request(url, _credentials(url, origin)))
-        response = http.client.HTTPResponse(cast(socket.socket, _DeadlineView(sock, deadline)))
-        try:
-            response.begin()
-            return _read_answer(response, url, max_bytes)
-        finally:
-            response.close()
+    credentials = _credentials(url, origin)
+    authorization = [] if credentials is None else [f"Authorization: Basic {credentials}"]
+    head = request_head("GET", url, _host_and_port(url), _ACCEPT, authorization)
+    with connect(url, family, deadline) as sock, exchange(sock, head, deadline) as response:
+        return _read_answer(response, url, max_bytes)
 
 
 def _read_answer(
@@ -178,21 +175,40 @@ def _origin(url: SplitResult) -> tuple[str, str | None, int]:
     return url.scheme, url.hostname, url.port or _DEFAULT_PORTS[url.scheme]
 
 
-def _request(url: SplitResult, credentials: str | None) -> bytes:
+def request_head(
+    method: str, url: SplitResult, host: str, accept: str, extra: Sequence[str] = ()
+) -> bytes:
+    """An HTTP/1.1 request head for `url` (one request per connection), ending in a blank line."""
     target = (url.path or "/") + (f"?{url.query}" if url.query else "")
     lines = [
-        f"GET {target} HTTP/1.1",
-        f"Host: {_host_and_port(url)}",
+        f"{method} {target} HTTP/1.1",
+        f"Host: {host}",
         f"User-Agent: ipwatch/{__version__}",
-        "Accept: text/plain, application/json;q=0.9, */*;q=0.8",
+        f"Accept: {accept}",
         "Connection: close",
+        *extra,
     ]
-    if credentials is not None:
-        lines.append(f"Authorization: Basic {credentials}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
-def _connect(url: SplitResult, family: Family, deadline: float) -> socket.socket:
+@contextlib.contextmanager
+def exchange(
+    sock: socket.socket, request: bytes, deadline: float
+) -> Iterator[http.client.HTTPResponse]:
+    """Send `request` and yield the response, its head read; every read ends by `deadline`."""
+    import http.client
+
+    sock.settimeout(remaining(deadline))
+    sock.sendall(request)
+    response = http.client.HTTPResponse(cast(socket.socket, DeadlineView(sock, deadline)))
+    try:
+        response.begin()
+        yield response
+    finally:
+        response.close()
+
+
+def connect(url: SplitResult, family: Family, deadline: float) -> socket.socket:
     """Open a connection (TLS for https) to the first reachable address of `family` of the host."""
     host = url.hostname or ""
     port = url.port or _DEFAULT_PORTS[url.scheme]
@@ -200,7 +216,7 @@ def _connect(url: SplitResult, family: Family, deadline: float) -> socket.socket
     for address_family, address in _resolve(host, port, family):
         sock = socket.socket(address_family, socket.SOCK_STREAM)
         try:
-            sock.settimeout(_remaining(deadline))
+            sock.settimeout(remaining(deadline))
             sock.connect(address)
         except OSError as error:
             sock.close()
@@ -230,21 +246,21 @@ def _start_tls(sock: socket.socket, host: str, deadline: float) -> socket.socket
     import ssl
 
     try:
-        sock.settimeout(_remaining(deadline))
+        sock.settimeout(remaining(deadline))
         return ssl.create_default_context().wrap_socket(sock, server_hostname=host)
     except BaseException:
         sock.close()
         raise
 
 
-def _remaining(deadline: float) -> float:
+def remaining(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
         raise TimeoutError("the time budget is spent")
     return left
 
 
-class _DeadlineView:
+class DeadlineView:
     """What http.client.HTTPResponse needs of a socket (`makefile`), with every read bounded by
     the deadline of the whole exchange rather than a fresh timeout per read."""
 
@@ -266,11 +282,11 @@ class _DeadlineReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: WriteableBuffer) -> int:
-        self._sock.settimeout(_remaining(self._deadline))
+        self._sock.settimeout(remaining(self._deadline))
         return self._sock.recv_into(buffer)
 
 
-def _explain(error: Exception, url: SplitResult, family: Family, timeout: float) -> SourceError:
+def explain(error: Exception, url: SplitResult, family: Family, timeout: float) -> SourceError:
     """Turn a network or protocol failure into one sentence naming the URL."""
     import http.client
     import ssl
