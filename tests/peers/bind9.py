@@ -19,7 +19,7 @@ import re
 import secrets
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +95,7 @@ class Bind9:
 _QUERY_LINE = re.compile(r"query: (?P<name>\S+) (?P<cls>\S+) (?P<type>\S+) (?P<flags>[+-]\S*) \(")
 
 
-def _zone_file(zone: str, rdclass: str, records: dict[str, dict[str, tuple[str, ...]]]) -> str:
+def zone_file(zone: str, rdclass: str, records: dict[str, dict[str, tuple[str, ...]]]) -> str:
     # The NS target lies outside the zone, so no glue is needed (CH has no A records for it).
     lines = [
         "$TTL 60",
@@ -156,9 +156,9 @@ def _write_config(
     directory: Path, port: int, host6: str | None, secret: str, host: str = "127.0.0.1"
 ) -> Path:
     for zone in IN_ZONES:
-        (directory / f"{zone}.zone").write_text(_zone_file(zone, "IN", IN_RECORDS))
+        (directory / f"{zone}.zone").write_text(zone_file(zone, "IN", IN_RECORDS))
     for zone in CH_ZONES:
-        (directory / f"{zone}.ch.zone").write_text(_zone_file(zone, "CH", CH_RECORDS))
+        (directory / f"{zone}.ch.zone").write_text(zone_file(zone, "CH", CH_RECORDS))
     conf = directory / "named.conf"
     conf.write_text(_named_conf(directory, port, host6, secret, host))
     return conf
@@ -218,17 +218,24 @@ def running_bind9(directory: Path, port: int | None = None, ipv6: bool = True) -
         )
     server = Bind9("127.0.0.1", port, host6, directory, process, secret)
     try:
-        wait_until(lambda: _started(server), STARTUP_TIMEOUT, f"named to answer on port {port}")
+        wait_until(
+            lambda: serving(process, server.log, server.host, port, "named"),
+            STARTUP_TIMEOUT,
+            f"named to answer on port {port}",
+        )
         yield server
     finally:
         stop(process)
 
 
-def _started(server: Bind9) -> bool:
-    if server.process.poll() is not None:
-        tail = "\n".join(server.log().splitlines()[-15:])
-        pytest.fail(f"named exited with status {server.process.returncode}:\n{tail}")
-    return _answers(server.host, server.port)
+def serving(
+    process: subprocess.Popen[bytes], log: Callable[[], str], host: str, port: int, program: str
+) -> bool:
+    """Whether a DNS server of ours answers for the DDNS zone yet; fail at once if it exited."""
+    if process.poll() is not None:
+        tail = "\n".join(log().splitlines()[-15:])
+        pytest.fail(f"{program} exited with status {process.returncode}:\n{tail}")
+    return _answers(host, port)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.bind9 import DDNS_ZONE, IN_RECORDS, _zone_file
+from tests.peers.bind9 import DDNS_ZONE, IN_RECORDS, serving, zone_file
 from tests.support import free_port, need, stop, wait_until
 
 UPDATER_KEY = ("ipwatch-knot", "hmac-sha512")
@@ -90,19 +90,6 @@ zone:
 """
 
 
-def _answers(host: str, port: int) -> bool:
-    import dns.exception
-    import dns.message
-    import dns.query
-    import dns.rcode
-
-    try:
-        response = dns.query.udp(dns.message.make_query(DDNS_ZONE, "SOA"), host, 0.2, port)
-    except (OSError, dns.exception.DNSException):
-        return False
-    return response.rcode() == dns.rcode.NOERROR
-
-
 @contextlib.contextmanager
 def running_knot(directory: Path) -> Iterator[Knot]:
     """Start knotd in `directory` on a free port, wait until it serves the zone, stop it."""
@@ -112,24 +99,21 @@ def running_knot(directory: Path) -> Iterator[Knot]:
         name: base64.b64encode(secrets.token_bytes(32)).decode()
         for name, _ in (UPDATER_KEY, READER_KEY)
     }
-    (directory / f"{DDNS_ZONE}.zone").write_text(_zone_file(DDNS_ZONE, "IN", IN_RECORDS))
+    (directory / f"{DDNS_ZONE}.zone").write_text(zone_file(DDNS_ZONE, "IN", IN_RECORDS))
     conf = directory / "knot.conf"
     conf.write_text(_knot_conf(directory, port, keys))
     with open(directory / "knot.log", "wb") as log:
         process = subprocess.Popen([knotd, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     server = Knot("127.0.0.1", port, directory, process, keys)
     try:
-        wait_until(lambda: _started(server), STARTUP_TIMEOUT, f"knotd to answer on port {port}")
+        wait_until(
+            lambda: serving(process, server.log, server.host, port, "knotd"),
+            STARTUP_TIMEOUT,
+            f"knotd to answer on port {port}",
+        )
         yield server
     finally:
         stop(process)
-
-
-def _started(server: Knot) -> bool:
-    if server.process.poll() is not None:
-        tail = "\n".join(server.log().splitlines()[-15:])
-        pytest.fail(f"knotd exited with status {server.process.returncode}:\n{tail}")
-    return _answers(server.host, server.port)
 
 
 @pytest.fixture(scope="module")
