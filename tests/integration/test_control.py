@@ -12,19 +12,11 @@ from typing import Any, Literal
 import pytest
 
 from tests.peers.asterisk import DEFAULT_SECRET, AsteriskServer
+from tests.peers.asterisk import NAT_TRANSPORT as PJSIP
+from tests.peers.asterisk import NEW_ADDRESS as NEW
+from tests.peers.asterisk import OLD_ADDRESS as OLD
 from tests.support import run_ipwatch, wait_until
 
-OLD, NEW = "198.51.100.5", "198.51.100.7"
-PJSIP = f"""\
-[transport-udp-nat]
-type = transport
-protocol = udp
-bind = 127.0.0.1:5070
-external_media_address = {OLD}
-external_signaling_address = {OLD}
-local_net = 127.0.0.0/8
-allow_reload = no
-"""
 SIP = f"[general]\nudpbindaddr=127.0.0.1:5080\nexternaddr={OLD}\n"
 Factory = Callable[..., AsteriskServer]
 

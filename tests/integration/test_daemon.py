@@ -18,19 +18,12 @@ import pytest
 
 from ipwatch.stun_responder import StunResponder
 from tests.peers.asterisk import DEFAULT_SECRET, AsteriskFactory, AsteriskServer
+from tests.peers.asterisk import NAT_TRANSPORT as PJSIP
+from tests.peers.asterisk import NEW_ADDRESS as NEW
+from tests.peers.asterisk import OLD_ADDRESS as OLD
 from tests.peers.notify import NotifyListener
 from tests.support import missing, run_ipwatch, wait_until
 
-OLD, NEW = "198.51.100.5", "198.51.100.7"
-PJSIP = f"""\
-[transport-udp-nat]
-type = transport
-protocol = udp
-bind = 127.0.0.1:5070
-external_media_address = {OLD}
-external_signaling_address = {OLD}
-allow_reload = no
-"""
 FAKETIMES = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
 
 

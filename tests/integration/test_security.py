@@ -24,23 +24,15 @@ from ipwatch.addresses import FAMILIES, Family, IPAddress, check_answer
 from ipwatch.asterisk.conf import load_tree
 from ipwatch.asterisk.targets import plan_target
 from ipwatch.config import TargetConfig
+from tests.peers.asterisk import NAT_TRANSPORT as PJSIP
+from tests.peers.asterisk import NEW_ADDRESS as NEW
+from tests.peers.asterisk import OLD_ADDRESS as OLD
 from tests.peers.asterisk import AmiUser, AsteriskServer
 from tests.peers.bind9 import Bind9
 from tests.peers.ddns_http import DdnsHttp
 from tests.peers.http import HttpPeer
 from tests.support import run_ipwatch
 
-OLD, NEW = "198.51.100.5", "198.51.100.7"
-PJSIP = f"""\
-[transport-udp-nat]
-type = transport
-protocol = udp
-bind = 127.0.0.1:5070
-external_media_address = {OLD}
-external_signaling_address = {OLD}
-local_net = 127.0.0.0/8
-allow_reload = no
-"""
 HOOK = '#!/bin/sh\nenv >"{dump}/env.$1"\ncat >"{dump}/stdin.$1"\n'
 Factory = Callable[..., AsteriskServer]
 

@@ -2306,6 +2306,20 @@ def write_config(directory: Path, files: Mapping[str, str]) -> Path:
     return directory
 
 
+# A PJSIP transport behind NAT, as the control, daemon and security tests start from.
+OLD_ADDRESS, NEW_ADDRESS = "198.51.100.5", "198.51.100.7"
+NAT_TRANSPORT = f"""\
+[transport-udp-nat]
+type = transport
+protocol = udp
+bind = 127.0.0.1:5070
+external_media_address = {OLD_ADDRESS}
+external_signaling_address = {OLD_ADDRESS}
+local_net = 127.0.0.0/8
+allow_reload = no
+"""
+
+
 class AsteriskFactory(Protocol):
     def __call__(
         self, *, files: Mapping[str, str] | None = None, running: bool = True, **options: object
