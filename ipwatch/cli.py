@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ipwatch.config import Config
 
 EX_SOFTWARE = 70
+EX_SIGPIPE = 128 + 13  # what a shell reports for a command ended by SIGPIPE
 # ipwatch.hooks.EVENTS, spelt out so that building the parser imports nothing more
 HOOK_EVENTS = ("change", "applied", "error", "degraded", "recovered", "test")
 
@@ -180,23 +181,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _load_config(args) if needs_config else None
         handler: Handler = args.handler
-        return handler(args, config)
+        status = handler(args, config)
+        sys.stdout.flush()  # here, where a closed pipe can still be told apart
+        return status
     except IpwatchError as error:
-        for line in str(error).splitlines():
-            print(f"ipwatch: {line}", file=sys.stderr)
-        if args.verbose:
-            raise
+        _report(error, str(error), args.verbose)
         return error.exit_status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
     except Exception as error:
-        if args.verbose:
-            raise
-        print(
-            f"ipwatch: internal error ({type(error).__name__}: {error}); run with -v for details",
-            file=sys.stderr,
-        )
+        hint = "" if args.verbose else "; run with -v for details"
+        _report(error, f"internal error ({type(error).__name__}: {error}){hint}", args.verbose)
         return EX_SOFTWARE
+
+
+def _report(error: BaseException, message: str, verbose: bool) -> None:
+    """Print `message` once; with `verbose` the traceback before it, and nothing else changes
+    (the exit status stays what systemd's RestartPreventExitStatus= and Nagios expect)."""
+    if verbose:
+        import traceback
+
+        explained = traceback.TracebackException.from_exception(error)
+        lines = list(explained.format())
+        # The last lines repeat the message, which follows in our own words.
+        print(
+            "".join(lines[: -len(list(explained.format_exception_only()))]), end="", file=sys.stderr
+        )
+    for line in message.splitlines():
+        print(f"ipwatch: {line}", file=sys.stderr)
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away (`ipwatch status | head -1`): end quietly, as the
+    Python docs' "Note on SIGPIPE" recommends, with the status a shell shows for SIGPIPE."""
+    # Python flushes stdout again at exit; into /dev/null that cannot fail a second time.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EX_SIGPIPE
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -273,3 +276,41 @@ def test_each_family_asks_only_the_sources_that_can_observe_it(tmp_path: Path) -
     assert [s["name"] for s in result["ipv4"]["sources"]] == ["stun-1"]
     assert [s["name"] for s in result["ipv6"]["sources"]] == ["stun-2"]
     assert result["ipv6"]["address"] == "2a00:1450:4001:80b::200e"
+
+
+@pytest.mark.parametrize(
+    ("command", "status"), [(["config", "check"], 78), (["trigger"], 3), (["hooks", "test"], 78)]
+)
+def test_verbose_adds_a_traceback_and_nothing_else(
+    tmp_path: Path, command: list[str], status: int
+) -> None:
+    config = tmp_path / "ipwatch.toml"
+    config.write_text('interval = "soon"\n[[source]]\nkind = "stun"\nservers = ["a.example"]\n')
+    plain = run_ipwatch(*command, config=config, state_dir=tmp_path)
+    verbose = run_ipwatch("-v", *command, config=config, state_dir=tmp_path)
+    assert plain.returncode == verbose.returncode == status
+    assert "Traceback" not in plain.stderr
+    [message] = plain.stderr.splitlines()
+    assert message.startswith("ipwatch: ")
+    assert "Traceback (most recent call last):" in verbose.stderr
+    # The message once, at the end, not repeated as the traceback's last line.
+    assert verbose.stderr.endswith(f"\n{message}\n")
+    assert verbose.stderr.count(message.removeprefix("ipwatch: ")) == 1
+
+
+def test_a_closed_stdout_pipe_ends_quietly(tmp_path: Path) -> None:
+    reader, writer = os.pipe()
+    os.close(reader)  # no reader from the start: the first write fails with EPIPE, every time
+    try:
+        finished = subprocess.run(
+            [sys.executable, "-m", "ipwatch", "--state-dir", str(tmp_path), "status"],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert finished.returncode == 141  # as a shell shows a command ended by SIGPIPE
+    assert finished.stderr == ""
