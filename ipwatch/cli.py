@@ -224,12 +224,9 @@ def _stdout_closed() -> int:
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
-    import logging
+    from ipwatch import logs
 
-    # journald stamps each line itself; a second timestamp only makes lines longer.
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format=f"{stamp}%(levelname)s %(message)s", stream=sys.stderr)
+    logs.setup(verbose, quiet)
 
 
 def _load_config(args: argparse.Namespace) -> Config:

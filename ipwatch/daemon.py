@@ -402,7 +402,10 @@ class Daemon:
                 if self.no_quorum[family] >= self.config.confirm and family not in self.degraded:
                     self.degraded.add(family)
                     log.warning(
-                        "%s: no confirmed address (%s sources agree)", family, decision.agreement
+                        "%s: no confirmed address (%s sources agree): %s",
+                        family,
+                        decision.agreement,
+                        rounds.answers(decision),
                     )
                     self.announce("degraded", {family: decision})
             else:

@@ -75,6 +75,21 @@ def summary(decision: Decision) -> dict[str, Any]:
     }
 
 
+def answers(decision: Decision) -> str:
+    """What each source said in the round, on one line: why a round found no quorum, in the log."""
+    parts = []
+    for verdict in decision.verdicts:
+        if verdict.error:
+            said = f"failed: {verdict.error}"
+        elif verdict.rejected:
+            said = f"{verdict.address} rejected: {verdict.rejected}"
+        else:
+            said = f"{verdict.address}"
+        parts.append(f"{verdict.name} {said}")
+    # Joined on whitespace: an error text from a server must not break the line in two.
+    return " ".join("; ".join(parts).split()) or "no source can observe it"
+
+
 class Backoff:
     """Ask a failing source less often: after n failures in a row it is asked again after
     `first` * 2^(n-1), at most `cap` (the next round, then 2, 4, 8 ... rounds of `first` later).

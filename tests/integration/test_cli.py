@@ -314,3 +314,45 @@ def test_a_closed_stdout_pipe_ends_quietly(tmp_path: Path) -> None:
         os.close(writer)
     assert finished.returncode == 141  # as a shell shows a command ended by SIGPIPE
     assert finished.stderr == ""
+
+
+def run_with_stderr_file(
+    args: list[str], stderr: Path, journal: bool
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with stderr into a file, as journald's stream when `journal`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "IPWATCH_CONFIG")}
+    with stderr.open("w") as file:
+        if journal:
+            found = os.fstat(file.fileno())
+            env["JOURNAL_STREAM"] = f"{found.st_dev}:{found.st_ino}"
+        return subprocess.run(
+            [sys.executable, "-m", "ipwatch", *args],
+            stdout=subprocess.PIPE,
+            stderr=file,
+            text=True,
+            env=env,
+            timeout=30,
+            check=False,
+        )
+
+
+def test_log_lines_carry_journald_priorities_when_journald_reads_stderr(tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks.d"
+    hooks.mkdir(mode=0o755)
+    for name, status in (("10-ok", 0), ("20-fail", 1), ("10-ok~", 0)):  # a backup: debug line
+        (hooks / name).write_text(f"#!/bin/sh\nexit {status}\n")
+        (hooks / name).chmod(0o755)
+    config = tmp_path / "ipwatch.toml"
+    config.write_text(f'[[source]]\nkind = "command"\nargv = ["true"]\n[hooks]\ndir = "{hooks}"\n')
+    args = ["-v", "-c", str(config), "hooks", "test"]
+    journal, plain = tmp_path / "journal", tmp_path / "plain"
+    assert run_with_stderr_file(args, journal, journal=True).returncode == 1
+    lines = journal.read_text().splitlines()
+    assert any(line.startswith("<6>hook 10-ok: ok") for line in lines), lines
+    assert any(line.startswith("<4>hook 20-fail: failed") for line in lines), lines
+    assert any(line.startswith("<7>") for line in lines), lines  # -v: debug lines
+    assert all(line[:3] in ("<2>", "<3>", "<4>", "<6>", "<7>") for line in lines), lines
+    # Without the journal (JOURNAL_STREAM inherited by a redirected stderr counts as without):
+    # a timestamp and the level in words.
+    run_with_stderr_file(args, plain, journal=False)
+    assert " INFO hook 10-ok: ok" in plain.read_text() and "<6>" not in plain.read_text()

@@ -416,3 +416,21 @@ def count_during(counter: Callable[[], int], seconds: float) -> int:
     while time.monotonic() < deadline:
         time.sleep(0.05)
     return counter() - before
+
+
+def test_no_quorum_is_logged_once_with_each_sources_answer(
+    setup: Setup, start: Start, notify_socket: NotifyListener
+) -> None:
+    setup.write_config("300ms")
+    daemon = start()
+    notify_socket.wait_for(READY="1", timeout=15)
+    setup.answer("10.1.2.3")
+    asked = setup.responders[0].requests
+    # `confirm` (2) rounds without a quorum, and the third begun after them.
+    wait_until(lambda: setup.responders[0].requests >= asked + 3, 10, "three more rounds")
+    _, stderr = daemon.stop()
+    [warning] = [line for line in stderr.splitlines() if "no confirmed address" in line]
+    assert warning.endswith(
+        "ipv4: no confirmed address (0/2 sources agree): stun-1 10.1.2.3 rejected: private"
+        " address (RFC 1918); stun-2 10.1.2.3 rejected: private address (RFC 1918)"
+    )
