@@ -20,6 +20,7 @@ from ipwatch.schema import Duration, Network, Parser, PositiveInt
 from ipwatch.sources import serves
 
 DEFAULT_PATH = "/etc/ipwatch/ipwatch.toml"
+SERVICE_USER = "asterisk"  # User= and Group= of contrib/systemd/ipwatch.service
 T = TypeVar("T")
 
 
@@ -164,11 +165,39 @@ def _refuse_unsafe(path: str, found: os.stat_result) -> None:
     """Refuse a config file that someone but root or ipwatch's user could change: its commands
     (source argv, hooks.dir) run as ipwatch, which may rewrite Asterisk's files."""
     if found.st_uid not in (0, os.geteuid()):
-        raise ConfigError(
-            [f"{path}: owned by uid {found.st_uid}, not root or ipwatch's user; chown root {path}"]
-        )
-    if found.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError([f"{path}: writable by group or others; run chmod 640 {path}"])
+        problem = f"owned by uid {found.st_uid}, not root or ipwatch's user"
+    elif found.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = "writable by group or others"
+    else:
+        return
+    user, group = _service_account()
+    # Not `chown root` alone: the service runs as its own user (the shipped unit's User=), which
+    # must still read the file, and exit 78 is not restarted.
+    raise ConfigError(
+        [
+            f"{path}: {problem}; run chown root:{group} {path} && chmod 0640 {path} so that only"
+            f" root can change it and {user}, the user ipwatch runs as, can read it"
+        ]
+    )
+
+
+def _service_account() -> tuple[str, str]:
+    """The user ipwatch runs as and its group: this process's, unless it is root, who checks the
+    config by hand for the service running as the shipped unit's User=asterisk."""
+    if os.geteuid() == 0:
+        return SERVICE_USER, SERVICE_USER
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"uid {os.geteuid()}"
+    try:
+        group = grp.getgrgid(os.getegid()).gr_name
+    except KeyError:
+        group = str(os.getegid())
+    return user, group
 
 
 def _refuse_readable_secrets(config: Config) -> None:

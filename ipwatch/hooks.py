@@ -208,8 +208,11 @@ def discover(directory: str) -> tuple[list[Hook], str]:
 def _unsafe(found: os.stat_result, what: str, path: str) -> str:
     """Why a file or directory others could change must not be trusted; empty when it is safe."""
     if found.st_uid not in (0, os.geteuid()):
+        # Not `chown root` alone: a mode such as 700 would then keep ipwatch's user out.
         return (
-            f"{what} is owned by uid {found.st_uid}, not root or ipwatch's user; chown root {path}"
+            f"{what} is owned by uid {found.st_uid}, not root or ipwatch's user; run chown"
+            f" root:root {path} && chmod 755 {path} so that only root can change it and"
+            " ipwatch's user can run it"
         )
     if found.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"{what} is writable by group or others; chmod go-w {path}"

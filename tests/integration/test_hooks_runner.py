@@ -120,7 +120,11 @@ def test_hooks_others_could_change_are_refused(hooks_dir: Path) -> None:
     assert results["group-writable"].reason == (
         f"it is writable by group or others; chmod go-w {hooks_dir / 'group-writable'}"
     )
-    assert results["nobodys"].reason.startswith(f"it is owned by uid {NOBODY}, not root")
+    nobodys = hooks_dir / "nobodys"
+    assert results["nobodys"].reason == (
+        f"it is owned by uid {NOBODY}, not root or ipwatch's user; run chown root:root {nobodys}"
+        f" && chmod 755 {nobodys} so that only root can change it and ipwatch's user can run it"
+    )
     assert "refused: it is writable" in results["world-writable"].describe()
 
 

@@ -238,3 +238,9 @@ def test_a_family_no_source_can_observe_is_an_error() -> None:
     ]
     both = parse({"families": ["ipv4", "ipv6"], "source": [*v4_only, STUN]})
     assert len(both.sources) == 3
+
+
+def test_the_service_user_in_the_advice_is_the_shipped_units() -> None:
+    unit = (Path(__file__).parents[2] / "contrib/systemd/ipwatch.service").read_text()
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if line[:1].isalpha())
+    assert settings["User"] == settings["Group"] == config_module.SERVICE_USER
