@@ -37,6 +37,13 @@ class StateError(IpwatchError):
     exit_status = 3
 
 
+class UnsafeStateDirectory(StateError):
+    """The state directory, or something in it, could be another user's way to make ipwatch write
+    or read a file of their choosing. Exit 78: the admin must fix the setup, not wait."""
+
+    exit_status = EX_CONFIG
+
+
 class ApplyError(IpwatchError):
     """Asterisk's files could not be rewritten or put back; the message says how they were left."""
 

@@ -3,6 +3,13 @@
 Every replacement is a complete temp file beside the target, synced, renamed over it, and the
 directory synced; the previous content is saved as a backup first, so that a failure halfway through
 a batch, or Asterisk rejecting the new configuration later, can put everything back.
+
+The state directory (state.json, the lock, backups/) may be writable by another user than the one
+running ipwatch: systemd gives it to the daemon's user, and an admin runs `ipwatch check --apply` as
+root beside it. Whoever can write a directory can plant a symbolic link in it, so nothing below the
+state directory is reached by path: each directory is opened relative to its parent's descriptor
+with O_NOFOLLOW and must be a real directory of ipwatch's own user, files are created relative to
+that descriptor, and root refuses a state directory of another user altogether.
 """
 
 from __future__ import annotations
@@ -10,21 +17,26 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pwd
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from ipwatch.errors import ApplyError
+from ipwatch.errors import ApplyError, UnsafeStateDirectory
 
 # Asterisk expands `#include` patterns with glob(3), which never matches a leading dot, and the
 # suffix keeps even a `.*.conf` pattern away; the prefix tells clean_stale_temp_files they are ours.
 TEMP_PREFIX = ".ipwatch-"
 TEMP_SUFFIX = ".tmp"
 SECOND_NS = 1_000_000_000
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# One step down a path, never through a symbolic link.
+_STEP = _DIRECTORY | os.O_NOFOLLOW
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 # A file system without extended attributes, or one vanishing meanwhile, is nothing to fail over.
 XATTR_ABSENT = (errno.ENOTSUP, errno.ENODATA)
 CAUSES = {
@@ -131,17 +143,50 @@ def clean_stale_temp_files(directory: Path, older_than: float) -> list[Path]:
     own names are touched, and only those whose inode last changed before `older_than` (the time
     this run started), so a concurrent apply keeps its temp file. The ctime, not the mtime, because
     a temp file's mtime is set on purpose, possibly ahead of the clock.
+
+    `directory` is a real path (symbolic links resolved): it is walked from `/` without following
+    any link, so that a link someone planted meanwhile (in the state directory, or a directory of
+    Asterisk's) cannot lead the removal elsewhere; such a directory is left alone.
     """
-    if not directory.is_dir():
+    descriptor = _walk_without_links(directory)
+    if descriptor is None:
         return []
     removed = []
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if _is_stale_temp(entry, older_than):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed.append(Path(entry.path))
+    try:
+        with os.scandir(descriptor) as entries:
+            for entry in entries:
+                if _is_stale_temp(entry, older_than):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.name, dir_fd=descriptor)
+                        removed.append(directory / entry.name)
+    finally:
+        os.close(descriptor)
     return removed
+
+
+def open_state_directory(state_dir: Path) -> int:
+    """Open the state directory (created when missing) and return its descriptor.
+
+    Raise UnsafeStateDirectory when it belongs to another user than ipwatch's (or root): that user
+    could replace anything in it by a link to a file of ours. Raise OSError when it cannot be made
+    or opened.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(state_dir, _DIRECTORY)
+    owner = os.fstat(descriptor).st_uid
+    if owner not in (0, os.geteuid()):
+        os.close(descriptor)
+        raise UnsafeStateDirectory(_foreign_state_directory(state_dir, owner))
+    return descriptor
+
+
+def write_in_state_directory(state_dir: Path, name: str, data: bytes, mode: int) -> None:
+    """Replace the file `name` in the state directory atomically; see open_state_directory."""
+    directory = open_state_directory(state_dir)
+    try:
+        _replace_at(directory, name, data, lambda descriptor: os.fchmod(descriptor, mode))
+    finally:
+        os.close(directory)
 
 
 def backup_path(backup_dir: Path, path: Path) -> Path:
@@ -154,23 +199,24 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     _replace(path, data, lambda descriptor: os.fchmod(descriptor, mode))
 
 
-def fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _replace(target: Path, data: bytes, prepare: Callable[[int], None]) -> None:
-    """Rename a complete, synced temp file holding `data` over `target`; `prepare` sets metadata.
+    directory = os.open(target.parent, _DIRECTORY)
+    try:
+        _replace_at(directory, target.name, data, prepare)
+    finally:
+        os.close(directory)
 
-    The temp file sits beside the target because rename(2) is atomic only within one file system;
-    the directory fsync makes the rename itself survive a power cut (an SD card loses it otherwise).
+
+def _replace_at(directory: int, name: str, data: bytes, prepare: Callable[[int], None]) -> None:
+    """Rename a complete, synced temp file holding `data` over `name` in `directory`.
+
+    `prepare` sets the temp file's metadata. The temp file sits beside the target because rename(2)
+    is atomic only within one file system; the directory fsync makes the rename itself survive a
+    power cut (an SD card loses it otherwise). O_EXCL|O_NOFOLLOW: a name someone planted is never
+    opened, and rename(2) replaces a link at `name` instead of following it.
     """
-    descriptor, temp_name = tempfile.mkstemp(
-        prefix=f"{TEMP_PREFIX}{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent
-    )
+    temp_name = f"{TEMP_PREFIX}{name}.{os.urandom(6).hex()}{TEMP_SUFFIX}"
+    descriptor = os.open(temp_name, _NEW_FILE, 0o600, dir_fd=directory)
     try:
         try:
             _write_all(descriptor, data)
@@ -178,12 +224,12 @@ def _replace(target: Path, data: bytes, prepare: Callable[[int], None]) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-        os.replace(temp_name, target)
+        os.replace(temp_name, name, src_dir_fd=directory, dst_dir_fd=directory)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
+            os.unlink(temp_name, dir_fd=directory)
         raise
-    fsync_directory(target.parent)
+    os.fsync(directory)
 
 
 def _write_all(descriptor: int, data: bytes) -> None:
@@ -238,25 +284,121 @@ def _snapshot(target: Path) -> _Snapshot:
 
 
 def _back_up(change: FileChange, snapshot: _Snapshot, backup_dir: Path) -> AppliedFile:
-    """Save the previous version durably under `backup_dir`, before the file itself is touched."""
+    """Save the previous version durably under `backup_dir`, before the file itself is touched.
+
+    `backup_dir` is STATE_DIR/backups: it and every directory below it are walked from the state
+    directory's descriptor, never through a link (see the module's docstring).
+    """
     backup = backup_path(backup_dir, change.path)
     try:
-        _make_directories(backup.parent)
-        # Asterisk's files hold SIP passwords: the copies are for the daemon's user only.
-        write_atomic(backup, snapshot.content, mode=0o600)
+        directory = _private_directory(backup_dir, backup.relative_to(backup_dir).parent.parts)
+        try:
+            # Asterisk's files hold SIP passwords: the copies are for the daemon's user only.
+            _replace_at(directory, backup.name, snapshot.content, lambda fd: os.fchmod(fd, 0o600))
+        finally:
+            os.close(directory)
     except OSError as error:
         raise ApplyError(_failure(backup, error, [])) from error
     status = snapshot.status
     return AppliedFile(change, snapshot.target, backup, status.st_atime_ns, status.st_mtime_ns)
 
 
-def _make_directories(directory: Path) -> None:
-    """Create `directory` and its missing parents, each synced into its parent like a file."""
-    if directory.is_dir():
-        return
-    _make_directories(directory.parent)
-    directory.mkdir(mode=0o700, exist_ok=True)
-    fsync_directory(directory.parent)
+def _private_directory(backup_dir: Path, below: tuple[str, ...]) -> int:
+    """Open (making what is missing) `backup_dir` and `below` under it, one step at a time."""
+    descriptor = open_state_directory(backup_dir.parent)
+    where = backup_dir.parent
+    try:
+        for name in (backup_dir.name, *below):
+            where = where / name
+            parent, descriptor = descriptor, -1
+            try:
+                descriptor = _own_subdirectory(parent, name, where)
+            finally:
+                os.close(parent)
+    except BaseException:
+        if descriptor >= 0:
+            os.close(descriptor)
+        raise
+    return descriptor
+
+
+def _own_subdirectory(parent: int, name: str, where: Path) -> int:
+    """Open the directory `name` in `parent`, made mode 0700 if missing; it must be a real
+    directory of this user that others cannot write."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o700, dir_fd=parent)
+        os.fsync(parent)  # the new directory survives a power cut like a file would
+    try:
+        descriptor = os.open(name, _STEP, dir_fd=parent)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        raise ApplyError(
+            f"{where} is a symbolic link or not a directory, which ipwatch never follows in its"
+            f" state directory; remove it (rm {where}) and run again; no file was changed"
+        ) from None
+    found = os.fstat(descriptor)
+    problem = (
+        f"belongs to {_user_name(found.st_uid)}"
+        if found.st_uid != os.geteuid()
+        else "is writable by group or others"
+        if found.st_mode & _OTHERS_WRITE
+        else ""
+    )
+    if problem:
+        os.close(descriptor)
+        raise ApplyError(
+            f"{where} {problem}, so someone else could plant links in it; remove it"
+            f" (rm -r {where}) and run again; no file was changed"
+        )
+    return descriptor
+
+
+def _walk_without_links(directory: Path) -> int | None:
+    """A descriptor of `directory` reached from `/` through real directories, or None."""
+    descriptor = os.open("/", _DIRECTORY)
+    try:
+        for name in Path(os.path.abspath(directory)).parts[1:]:
+            parent, descriptor = descriptor, -1
+            try:
+                descriptor = os.open(name, _STEP, dir_fd=parent)
+            finally:
+                os.close(parent)
+    except OSError:
+        # Missing, not a directory, or a link: nothing of ours to clean there.
+        if descriptor >= 0:
+            os.close(descriptor)
+        return None
+    return descriptor
+
+
+def _foreign_state_directory(state_dir: Path, owner: int) -> str:
+    who = _user_name(owner)
+    if os.geteuid() == 0:
+        return (
+            f"{state_dir}: owned by {who}, not root; root must not write where another user can"
+            f" plant symlinks, so run ipwatch as that user ({_sudo(owner)} ipwatch ...) or pass"
+            " --state-dir with a directory of root's"
+        )
+    return (
+        f"{state_dir}: owned by {who}, not by you ({_user_name(os.geteuid())}) or root; another"
+        " user's directory can hold links to your files, so pass --state-dir with a directory of"
+        " your own"
+    )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _sudo(uid: int) -> str:
+    try:
+        return f"sudo -u {pwd.getpwuid(uid).pw_name}"
+    except KeyError:
+        return f"sudo -u '#{uid}'"
 
 
 def _roll_back(files: Sequence[AppliedFile]) -> list[str]:

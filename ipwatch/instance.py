@@ -6,14 +6,19 @@ when the process dies however it dies, so a stale pid after a crash is never tak
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
+import stat
 from pathlib import Path
 
-from ipwatch.errors import InstanceError
+from ipwatch.errors import InstanceError, UnsafeStateDirectory
 
 LOCK_NAME = "ipwatch.lock"
+# The state directory may be another user's to write (the daemon's, when root runs `trigger`):
+# never through a link, never blocking on a FIFO planted under the lock's name.
+_OPEN = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class InstanceLock:
@@ -26,15 +31,25 @@ class InstanceLock:
     @classmethod
     def acquire(cls, state_dir: Path) -> InstanceLock:
         """Take the lock or raise InstanceError naming the daemon that holds it."""
+        from ipwatch.files import open_state_directory
+
         path = state_dir / LOCK_NAME
         try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            directory = open_state_directory(state_dir)
+            try:
+                descriptor = os.open(
+                    LOCK_NAME, os.O_RDWR | os.O_CREAT | _OPEN, 0o640, dir_fd=directory
+                )
+            finally:
+                os.close(directory)
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise UnsafeStateDirectory(_unsafe_lock(path, "is a symbolic link")) from None
             raise InstanceError(
                 f"{path}: cannot be opened ({error.strerror}); pass --state-dir or fix the"
                 " directory's permissions"
             ) from None
+        _refuse_foreign(descriptor, path)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -58,14 +73,18 @@ def running_pid(state_dir: Path) -> int | None:
     """The pid of the daemon using `state_dir`, or None when none runs."""
     path = state_dir / LOCK_NAME
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        descriptor = os.open(path, os.O_RDONLY | _OPEN)
     except FileNotFoundError:
         return None
     except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UnsafeStateDirectory(_unsafe_lock(path, "is a symbolic link")) from None
         raise InstanceError(
             f"{path}: cannot be read ({error.strerror}); run as root or as the daemon's user"
         ) from None
     try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise UnsafeStateDirectory(_unsafe_lock(path, "is not a regular file"))
         try:
             fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -92,6 +111,29 @@ def trigger(state_dir: Path) -> int:
     except ProcessLookupError:
         raise InstanceError(f"the daemon (pid {pid}) has just exited") from None
     return pid
+
+
+def _refuse_foreign(descriptor: int, path: Path) -> None:
+    """The lock is truncated and written: it must be a regular file of this user, not a file of
+    someone else's that another user hard-linked there, nor a FIFO or device."""
+    found = os.fstat(descriptor)
+    problem = (
+        "is not a regular file"
+        if not stat.S_ISREG(found.st_mode)
+        else f"is owned by uid {found.st_uid}"
+        if found.st_uid != os.geteuid()
+        else ""
+    )
+    if problem:
+        os.close(descriptor)
+        raise UnsafeStateDirectory(_unsafe_lock(path, problem))
+
+
+def _unsafe_lock(path: Path, problem: str) -> str:
+    return (
+        f"{path}: {problem}; the lock must be a regular file of ipwatch's user (uid"
+        f" {os.geteuid()}), so remove it (rm {path}) and start ipwatch again"
+    )
 
 
 def _read_pid(descriptor: int) -> int | None:

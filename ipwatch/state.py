@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from ipwatch.errors import StateError
+from ipwatch.reading import MIB, Unfit, read_regular_file, size_text
 
 FILE_NAME = "state.json"
 FORMAT_VERSION = 1
 KEPT_CHANGES = 20
 DEFAULT_DIR = "/var/lib/ipwatch"
+# A real state file holds a few kilobytes; the cap keeps a planted one from filling the memory.
+MAX_SIZE = MIB
 # Fields that change on every round without meaning anything new.
 _VOLATILE = frozenset({"latency_ms", "checked", "updated", "heartbeat"})
 
@@ -42,24 +45,34 @@ def empty() -> State:
 
 
 def load(state_dir: Path) -> State | None:
-    """Return the saved state, or None when there is none yet."""
+    """Return the saved state, or None when there is none yet.
+
+    The state directory may belong to another user (the daemon's), so the file is read without
+    following a symbolic link or blocking on a FIFO, and only up to MAX_SIZE.
+    """
     path = state_dir / FILE_NAME
+    redo = "move it away and run `ipwatch check` again"
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_regular_file(path, MAX_SIZE, follow_symlinks=False)
     except FileNotFoundError:
         return None
     except OSError as error:
         raise StateError(
             f"{path}: cannot be read ({error.strerror}); check its permissions"
         ) from None
-    try:
-        state = json.loads(text)
-    except ValueError:
+    except Unfit as unfit:
+        limit = f", far more than a state file ever holds ({size_text(MAX_SIZE)})"
         raise StateError(
-            f"{path}: is not valid JSON; move it away and run `ipwatch check` again"
+            f"{path}: {unfit.reason}{limit if unfit.too_large else ''}; {redo}"
         ) from None
+    try:
+        state = json.loads(data)
+    except ValueError:
+        raise StateError(f"{path}: is not valid JSON; {redo}") from None
+    except RecursionError:
+        raise StateError(f"{path}: nests deeper than any state file does; {redo}") from None
     if not isinstance(state, dict) or state.get("version") != FORMAT_VERSION:
-        raise StateError(f"{path}: unknown format; move it away and run `ipwatch check` again")
+        raise StateError(f"{path}: unknown format; {redo}")
     return state
 
 
@@ -68,18 +81,15 @@ def save_if_changed(state_dir: Path, state: State, saved: State | None) -> bool:
     if saved is not None and _meaningful(state) == _meaningful(saved):
         return False
     # Imported here so that `ipwatch status`, which never saves, does not pay for it.
-    from ipwatch.files import write_atomic
+    from ipwatch.files import write_in_state_directory
 
-    path = state_dir / FILE_NAME
     stamped = dict(state, updated=_timestamp(time.time()))
+    text = json.dumps(stamped, indent=2, sort_keys=True) + "\n"
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(
-            path, (json.dumps(stamped, indent=2, sort_keys=True) + "\n").encode(), mode=0o640
-        )
+        write_in_state_directory(state_dir, FILE_NAME, text.encode(), mode=0o640)
     except OSError as error:
         raise StateError(
-            f"{path}: cannot be written ({error.strerror});"
+            f"{state_dir / FILE_NAME}: cannot be written ({error.strerror});"
             " pass --state-dir or fix the directory's permissions"
         ) from None
     return True
@@ -93,6 +103,8 @@ def record_round(state: State, family: str, summary: dict[str, Any], now: float)
     entry = dict(summary, checked=_timestamp(now))
     changed = entry.get("address") != before.get("address")
     entry["since"] = _timestamp(now) if changed else before.get("since")
+    if "announced" in before:  # the address ipwatch last acted on; only an apply moves it
+        entry["announced"] = before["announced"]
     families[family] = entry
     if changed and entry.get("address") is not None:
         change = {

