@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         _config_check,
         "validate the config and print it with defaults filled in and secrets masked",
-        "Exit: 0 valid, 78 invalid.",
+        "Also reads the target files (nothing is written) and the secret files. Exit: 0 valid,"
+        " 78 invalid.",
     )
     hooks = commands.add_parser("hooks", help="hook commands")
     hooks_commands = hooks.add_subparsers(dest="hooks_command", metavar="ACTION", required=True)
@@ -341,9 +342,14 @@ def _trigger(args: argparse.Namespace, config: Config | None) -> int:
 
 
 def _config_check(args: argparse.Namespace, config: Config | None) -> int:
+    from ipwatch import preflight
     from ipwatch.config import render
+    from ipwatch.errors import ConfigError
 
     assert config is not None
+    problems = preflight.problems(config)
+    if problems:
+        raise ConfigError(problems)
     print(f"# {config.path}: valid")
     print(render(config), end="")
     return 0

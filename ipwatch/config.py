@@ -204,7 +204,7 @@ def _refuse_readable_secrets(config: Config) -> None:
     """Check the secret files' modes when the config loads (`config check`, SIGHUP), not only
     when a secret is first needed; a file that does not exist yet is reported when it is read."""
     errors = []
-    for key, file in _secret_files(config):
+    for key, file in secret_files(config):
         try:
             mode = os.stat(file).st_mode
         except OSError:
@@ -217,7 +217,7 @@ def _refuse_readable_secrets(config: Config) -> None:
         raise ConfigError(errors)
 
 
-def _secret_files(config: Config) -> list[tuple[str, str]]:
+def secret_files(config: Config) -> list[tuple[str, str]]:
     """The `*_file` keys that name secrets, with their key paths."""
     found = []
     if config.asterisk.ami.secret_file is not None:
@@ -239,16 +239,14 @@ def parse(raw: dict[str, Any], path: str = "<config>") -> Config:
     errors: list[str] = []
     sources = _parse_kinded("source", raw, "a source kind", _SourceCommon, SourceConfig, errors)
     updaters = _parse_kinded("ddns", raw, "an updater kind", _UpdaterCommon, UpdaterConfig, errors)
-    config = schema.build(
-        Config,
-        raw,
-        "",
-        errors,
-        handled={"path": path, "source": sources, "ddns": updaters},
-        also_allowed=("source", "ddns"),
-    )
-    if config is not None:
-        _check_consistency(config, errors)
+    handled = {"path": path, "source": sources, "ddns": updaters}
+    config = schema.build(Config, raw, "", errors, handled=handled, also_allowed=("source", "ddns"))
+    checked = config
+    if checked is None and isinstance(raw, dict):
+        # Every problem at once: the rules across keys too, on the keys that are valid.
+        checked = schema.salvage(Config, raw, handled=handled)
+    if checked is not None:
+        _check_consistency(checked, raw.get("source", []), errors)
     if errors:
         raise ConfigError([f"{path}: {error}" for error in errors])
     assert config is not None
@@ -315,8 +313,12 @@ def _parse_kind_table(
     return common, options
 
 
-def _check_consistency(config: Config, errors: list[str]) -> None:
-    if not config.sources and not errors:
+def _check_consistency(config: Config, source_tables: Any, errors: list[str]) -> None:
+    """Check the rules that span keys. `config` may lack the sources whose tables have errors
+    (already reported): `source_tables`, the raw [[source]] array, says how many there are."""
+    if not isinstance(source_tables, list):
+        return  # reported by _parse_kinded
+    if not source_tables:
         errors.append('source: none configured; add at least one [[source]], e.g. kind = "stun"')
     for key, items in (("source", config.sources), ("ddns", config.ddns)):
         for name, count in Counter(item.name for item in items).items():
@@ -324,13 +326,14 @@ def _check_consistency(config: Config, errors: list[str]) -> None:
                 errors.append(
                     f'{key}: the name "{name}" is used {count} times; give each its own name'
                 )
-    if isinstance(config.quorum, int) and config.sources and config.quorum > len(config.sources):
+    if isinstance(config.quorum, int) and source_tables and config.quorum > len(source_tables):
         errors.append(
-            f"quorum: {config.quorum} sources must agree but only {len(config.sources)} are"
+            f"quorum: {config.quorum} sources must agree but only {len(source_tables)} are"
             " configured; lower quorum or add sources"
         )
+    all_parsed = bool(config.sources) and len(config.sources) == len(source_tables)
     for family in config.families:
-        if config.sources and not any(serves(s.kind, s.options, family) for s in config.sources):
+        if all_parsed and not any(serves(s.kind, s.options, family) for s in config.sources):
             errors.append(
                 f"families: no source can observe {family}; add a source for it or remove it"
             )

@@ -203,6 +203,35 @@ def build(
         return None
 
 
+def salvage(
+    cls: type[T], raw: Mapping[str, Any], *, handled: Mapping[str, Any] | None = None
+) -> T | None:
+    """`cls` built from the valid keys of `raw` alone, each invalid one left at its default (a
+    sub-table salvaged the same way); None if even that fails.
+
+    After `build` reported a table's errors, rules spanning several keys ("quorum larger than
+    the number of sources") can still be checked on this, so they are reported in the same run.
+    """
+    hints = field_hints(cls)
+    values: dict[str, Any] = dict(handled or {})
+    for item in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = item.name
+        if name in values or name not in raw:
+            continue
+        scratch: list[str] = []
+        value = convert(hints[name], raw[name], name, scratch)
+        if not scratch:
+            values[name] = value
+        elif dataclasses.is_dataclass(hints[name]) and isinstance(raw[name], Mapping):
+            part = salvage(hints[name], raw[name])
+            if part is not None:
+                values[name] = part
+    try:
+        return cls(**values)
+    except (TypeError, ValueError):  # a required key is invalid, or a rule across keys fails
+        return None
+
+
 def field_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, include_extras=True)
 

@@ -356,3 +356,48 @@ def test_log_lines_carry_journald_priorities_when_journald_reads_stderr(tmp_path
     # a timestamp and the level in words.
     run_with_stderr_file(args, plain, journal=False)
     assert " INFO hook 10-ok: ok" in plain.read_text() and "<6>" not in plain.read_text()
+
+
+def test_config_check_reads_the_targets_and_the_secret_files(tmp_path: Path) -> None:
+    pjsip = tmp_path / "pjsip.conf"
+    pjsip.write_text("[transport-udp]\ntype = transport\nbind = 0.0.0.0\n")
+    broken = tmp_path / "broken.conf"
+    broken.write_text("#include missing.conf\n")
+    config = tmp_path / "ipwatch.toml"
+    targets = (
+        f'[[target]]\nkind = "pjsip"\nfile = "{tmp_path / "absent.conf"}"\n'
+        f'[[target]]\nkind = "pjsip"\nfile = "{broken}"\n'
+        f'[[target]]\nkind = "pjsip"\nfile = "{pjsip}"\ntransports = ["transport-nat"]\n'
+    )
+    secrets = (
+        f'[asterisk]\nami = {{ secret_file = "{tmp_path / "ami.secret"}" }}\n'
+        '[[ddns]]\nkind = "duckdns"\nurl = "http://127.0.0.1:9/update"\ndomains = ["pbx"]\n'
+        f'token_file = "{tmp_path / "duck.token"}"\n'
+    )
+    config.write_text(f'[[source]]\nkind = "command"\nargv = ["true"]\n{targets}{secrets}')
+    finished = run_ipwatch("config", "check", config=config)
+    assert finished.returncode == 78 and finished.stdout == ""
+    lines = finished.stderr.splitlines()
+    assert [line.split(": ")[2] for line in lines] == [
+        "target[0]",
+        "target[1]",
+        "target[2]",
+        "asterisk.ami.secret_file",
+        "ddns[0].token_file",
+    ], lines
+    assert all(line.startswith(f"ipwatch: {config}: ") for line in lines)
+    assert "no transport named transport-nat" in lines[2]
+
+    # Put right, the same config passes; nothing was written to the target files.
+    for secret in ("ami.secret", "duck.token"):
+        (tmp_path / secret).write_text("s3cret\n")
+        (tmp_path / secret).chmod(0o600)
+    config.write_text(
+        config.read_text()
+        .replace(str(tmp_path / "absent.conf"), str(pjsip))
+        .replace(f'file = "{broken}"', f'file = "{pjsip}"')
+        .replace('"transport-nat"', '"transport-udp"')
+    )
+    finished = run_ipwatch("config", "check", config=config)
+    assert finished.returncode == 0, finished.stderr
+    assert pjsip.read_text() == "[transport-udp]\ntype = transport\nbind = 0.0.0.0\n"

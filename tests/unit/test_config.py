@@ -244,3 +244,24 @@ def test_the_service_user_in_the_advice_is_the_shipped_units() -> None:
     unit = (Path(__file__).parents[2] / "contrib/systemd/ipwatch.service").read_text()
     settings = dict(line.split("=", 1) for line in unit.splitlines() if line[:1].isalpha())
     assert settings["User"] == settings["Group"] == config_module.SERVICE_USER
+
+
+def test_rules_across_keys_are_reported_with_the_per_key_problems() -> None:
+    found = problems(
+        {
+            "interval": "soon",
+            "quorum": 3,
+            "families": ["ipv4", "ipv4"],
+            "source": [STUN, {"kind": "stun", "servers": ["stun.example.org:99999"]}],
+            "asterisk": {"drain": 5, "ami": {"host": "192.0.2.1"}},
+        }
+    )
+    assert [p.removeprefix("/etc/ipwatch/ipwatch.toml: ").split(":")[0] for p in found] == [
+        "source[1].servers[0]",
+        "interval",
+        "asterisk.drain",
+        "quorum",
+        "asterisk.ami.host",
+        "families",
+    ]
+    assert "quorum: 3 sources must agree but only 2 are configured" in found[3]
