@@ -10,8 +10,9 @@ A kind's module has:
 Modules import their heavy dependencies (dnspython) inside `ask`, so that loading the config or
 running `ipwatch status` stays cheap.
 
-Kinds are found through the `ipwatch.sources` entry points (ipwatch.plugins): the built-in ones
-are registered in pyproject.toml exactly as a third-party plugin registers its own.
+Kinds are found through ipwatch.plugins: the built-in ones from its table (they are registered
+in pyproject.toml too, exactly as a third-party plugin registers its own `ipwatch.sources` entry
+points), the others through the entry points.
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ def test_a_plugin_source_kind_answers_and_broken_plugins_are_reported(plugin_pat
     assert f"plugin incomplete = ipwatch_example.incomplete (ipwatch.sources {ORIGIN}) skipped:" \
         " lacks ask" in text  # fmt: skip
     assert f"plugin stun = ipwatch_example.fixed (ipwatch.sources {ORIGIN}) ignored: the kind" \
-        " is already provided by ipwatch.sources entry point of ipwatch" in text  # fmt: skip
+        " is built into ipwatch" in text  # fmt: skip
 
 
 @pytest.mark.parametrize(
