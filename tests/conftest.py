@@ -7,5 +7,7 @@ pytest_plugins = [
     "tests.peers.ddns_http",
     "tests.peers.http",
     "tests.peers.asterisk",
+    "tests.peers.real_asterisk",
+    "tests.peers.sip_probe",
     "tests.peers.notify",
 ]
