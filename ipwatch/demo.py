@@ -280,15 +280,23 @@ def _explain_versions() -> None:
 def explain(decision: Decision, confirm: int) -> str:
     """One line on what the decision engine concluded and why."""
     tracking = decision.tracking
+    votes = _votes(decision)
     if decision.winner is None:
-        return f"no quorum ({decision.agreement} agree); keeping {tracking.address or 'nothing'}"
+        return f"no quorum ({votes}); keeping {tracking.address or 'nothing'}"
     if decision.changed:
         before = decision.previous or "no address yet"
-        return f"ipv4 {before} -> {tracking.address} confirmed ({decision.agreement} sources)"
+        return f"ipv4 {before} -> {tracking.address} confirmed ({votes})"
     if decision.confirmed:
-        return f"{tracking.address} confirmed again ({decision.agreement} sources)"
-    quorum = f"{tracking.candidate} has a quorum ({decision.agreement})"
+        return f"{tracking.address} confirmed again ({votes})"
+    quorum = f"{tracking.candidate} has a quorum ({votes})"
     return f"{quorum}; candidate, round {tracking.rounds} of {confirm}; nothing is done yet"
+
+
+def _votes(decision: Decision) -> str:
+    """The winner's votes among the acceptable answers, which are what a majority is taken of
+    (decide.py): a rejected answer does not count, so "2/4" would look like no majority."""
+    acceptable = sum(verdict.acceptable for verdict in decision.verdicts)
+    return f"{decision.votes} of {acceptable} acceptable answers agree"
 
 
 def tell(tag: str, text: str) -> None:
