@@ -77,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
         "plan",
         _plan,
         "show what `check --apply` would change, as a unified diff",
-        "Exit: as check (0 in sync, 1 changes to make, 2 no confirmed address).",
+        "Exit: as check (0 in sync, 1 changes to make, 2 no confirmed address). Logs only"
+        " warnings and errors (the diff is the answer), everything with -v.",
         json=True,
+        info_logs=False,
     )
     _command(
         commands,
@@ -132,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         "test",
         _hooks_test,
         "run every hook in hooks.dir with a synthetic event (documentation addresses)",
-        "Exit: 0 all hooks succeeded (or there are none), 1 otherwise.",
+        "Exit: 0 all hooks succeeded (or hooks.dir holds none), 1 otherwise (hooks.dir missing"
+        " too).",
     )
     hooks_test.add_argument(
         "event",
@@ -164,13 +167,14 @@ def _command(
     *,
     json: bool = False,
     needs_config: bool = True,
+    info_logs: bool = True,
 ) -> argparse.ArgumentParser:
     command: argparse.ArgumentParser = commands.add_parser(
         name, help=summary, description=summary[0].upper() + summary[1:] + ".", epilog=exits
     )
     if json:
         command.add_argument("--json", action="store_true", help="print one JSON object")
-    command.set_defaults(handler=handler, needs_config=needs_config)
+    command.set_defaults(handler=handler, needs_config=needs_config, info_logs=info_logs)
     return command
 
 
@@ -178,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     needs_config = getattr(args, "needs_config", True)
     if needs_config:  # `status` and `demo` log nothing; sparing `logging` keeps status fast
-        _setup_logging(args.verbose, args.quiet)
+        _setup_logging(args.verbose, args.quiet or not getattr(args, "info_logs", True))
     try:
         config = _load_config(args) if needs_config else None
         handler: Handler = args.handler
@@ -359,6 +363,12 @@ def _hooks_test(args: argparse.Namespace, config: Config | None) -> int:
     from ipwatch.hooks import run_hooks, synthetic_event
 
     assert config is not None
+    if not os.path.exists(config.hooks.dir):
+        # The daemon takes a missing directory for "no hooks"; a test of them must not pass.
+        raise IpwatchError(
+            f"{config.path}: hooks.dir: {config.hooks.dir} does not exist; create it"
+            f" (install -d -m 755 {config.hooks.dir}) or point hooks.dir at your hooks"
+        )
     results = run_hooks(config.hooks, synthetic_event(args.event), config.path)
     if not results:
         print(f"no hooks found in {config.hooks.dir}")

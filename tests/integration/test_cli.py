@@ -401,3 +401,32 @@ def test_config_check_reads_the_targets_and_the_secret_files(tmp_path: Path) -> 
     finished = run_ipwatch("config", "check", config=config)
     assert finished.returncode == 0, finished.stderr
     assert pjsip.read_text() == "[transport-udp]\ntype = transport\nbind = 0.0.0.0\n"
+
+
+def test_hooks_test_with_a_missing_hooks_dir_fails_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "ipwatch.toml"
+    absent = tmp_path / "hooks.d"
+    config.write_text(f'[[source]]\nkind = "command"\nargv = ["true"]\n[hooks]\ndir = "{absent}"\n')
+    finished = run_ipwatch("hooks", "test", config=config)
+    assert finished.returncode == 1 and finished.stdout == ""
+    assert finished.stderr == (
+        f"ipwatch: {config}: hooks.dir: {absent} does not exist; create it"
+        f" (install -d -m 755 {absent}) or point hooks.dir at your hooks\n"
+    )
+    absent.mkdir(mode=0o755)  # there but empty: nothing failed
+    finished = run_ipwatch("hooks", "test", config=config)
+    assert (finished.returncode, finished.stdout) == (0, f"no hooks found in {absent}\n")
+
+
+def test_plan_prints_the_diff_and_logs_info_only_with_verbose(tmp_path: Path) -> None:
+    config = tmp_path / "ipwatch.toml"
+    config.write_text(
+        'confirm = 1\naccept = ["198.51.100.0/24"]\n'
+        '[[source]]\nkind = "command"\nargv = ["echo", "198.51.100.7"]\n'
+    )
+    finished = run_ipwatch("plan", config=config, state_dir=tmp_path / "state")
+    assert finished.returncode == 0
+    assert (finished.stdout, finished.stderr) == ("# in sync: nothing to change\n", "")
+    verbose = run_ipwatch("-v", "plan", config=config, state_dir=tmp_path / "verbose")
+    assert verbose.stdout == finished.stdout
+    assert "INFO ipv4 - -> 198.51.100.7 (1/1 sources)" in verbose.stderr
