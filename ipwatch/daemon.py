@@ -249,7 +249,6 @@ class Daemon:
             self.announce.retry_hooks()
             self.announce.update_ddns()
             self.converge(decisions)
-            self.retry_pending(decisions)
             self.set_problem(self.rejection)
         self.heartbeat()
         self.after_round()
@@ -284,8 +283,10 @@ class Daemon:
             write=True,
             announce=self.announce,
             progress=self.progress,
+            ask=time.monotonic() >= self.pending_retry_at,
         )
         asterisk = result.get("asterisk") or {}
+        self.back_off(asterisk)
         if asterisk.get("rolled_back"):
             # Not again for these addresses until something changes, or a rejected reload (or
             # restart) would repeat every round; the restored files are ipwatch's own writing.
@@ -299,16 +300,10 @@ class Daemon:
             self.watcher.watch(self.watched_files())
         return bool(result["applied"])
 
-    def retry_pending(self, decisions: Mapping[Family, Decision]) -> None:
-        """Tell Asterisk about files it could not be told about, less often the longer it is
-        unreachable (Asterisk down for hours must not fill the journal)."""
-        if time.monotonic() < self.pending_retry_at:
-            return
-        asterisk = reconcile.retry_pending(self.config, decisions, self.writer, self.progress)
-        if asterisk is None:
-            self.pending_wait = 0.0
-            return
-        if asterisk["action"] == "pending":
+    def back_off(self, asterisk: Mapping[str, Any]) -> None:
+        """Ask an unreachable Asterisk less often the longer it stays away (down for hours must
+        not fill the journal); a reload that Asterisk took but does not show is a problem."""
+        if asterisk.get("action") == "pending":
             self.pending_wait = min(
                 PENDING_RETRY_CAP, max(self.config.interval, 2 * self.pending_wait)
             )
@@ -316,10 +311,9 @@ class Daemon:
             return
         self.pending_wait = self.pending_retry_at = 0.0
         if asterisk.get("verified"):
-            log.info("asterisk: the pending %s is done, verified", asterisk["action"])
-            self.announce("applied", self.decisions)
-        else:
-            self.rejection = str(asterisk.get("error"))
+            self.rejection = None
+        elif asterisk.get("error") and not asterisk.get("rolled_back"):
+            self.rejection = str(asterisk["error"])
 
     def check_files(self) -> None:
         """After file events: reload a changed config, reconcile changed targets.

@@ -18,9 +18,16 @@ from ipwatch import state as state_file
 from ipwatch.addresses import Family
 from ipwatch.asterisk import control
 from ipwatch.asterisk.conf import Document, load_tree
-from ipwatch.asterisk.link import AsteriskError, Link, open_link
+from ipwatch.asterisk.link import (
+    AsteriskAuthError,
+    AsteriskError,
+    AsteriskPermissionError,
+    AsteriskUnavailable,
+    Link,
+    open_link,
+)
 from ipwatch.asterisk.targets import TargetPlan
-from ipwatch.config import Config, TargetConfig
+from ipwatch.config import AsteriskConfig, Config, TargetConfig
 from ipwatch.decide import Decision
 from ipwatch.errors import IpwatchError
 from ipwatch.files import Applied, apply_changes, backup_path, clean_stale_temp_files, restore
@@ -29,6 +36,8 @@ from ipwatch.plan import Loaded, Plan, make_plan
 from ipwatch.secrets import ami_secret
 
 STARTED = time.time()
+# `status` turns WARNING into CRITICAL once Asterisk has run an old address for `drain` and this.
+CRITICAL_MARGIN = 300.0
 log = logging.getLogger("ipwatch")
 
 
@@ -116,35 +125,139 @@ def converge(
     write: bool,
     announce: Announce = silent,
     progress: control.Progress | None = None,
+    ask: bool = True,
 ) -> dict[str, Any]:
-    """Plan the targets for the confirmed addresses and, with `write`, apply and tell Asterisk.
+    """Compare the confirmed addresses with the files *and* with what Asterisk runs; with
+    `write`, bring both in line: write the files, tell Asterisk, verify.
 
-    A confirmed change is announced (`change`) before Asterisk is touched, the outcome after
-    (`applied` or `error`). `progress` hears about a long drain (and may raise to cut it short).
+    "In sync" means Asterisk runs the address, not only that the files say it: files that are
+    right while Asterisk still runs an old address (a reload lost, a hand edit reloaded, FreePBX
+    regenerating) are not in sync, and `write` reloads without editing anything. A confirmed
+    address ipwatch has not acted on yet is announced (`change`) before Asterisk is touched, the
+    outcome after (`applied` or `error`). `progress` hears about a long drain (and may raise to
+    cut it short). `ask=False` skips asking Asterisk (the daemon backs off while it is down).
     """
     addresses = confirmed(decisions)
     the_plan = plan(config, addresses)
     result = report.check_result(decisions, writer.current, the_plan)
-    changed = {family: d for family, d in decisions.items() if d.changed and d.confirmed}
-    if write and changed:
-        announce("change", changed)
-    if write and not the_plan.in_sync:
-        applied = apply(the_plan, writer.state_dir)
-        _log_edits(the_plan)
-        result["applied"] = True
-
-        def show_progress(line: str) -> None:
-            # `ipwatch status` run meanwhile says why nothing seems to happen.
-            log.info("asterisk: %s", line)
-            writer.save({**writer.current, "pending": [f"restart Asterisk: {line}"]})
-            if progress is not None:
-                progress(line)
-
-        stale = [target for target in the_plan.targets if not target.in_sync]
-        result["asterisk"] = tell_asterisk(config, stale, applied, show_progress)
-        writer.save({**writer.current, "pending": _pending(result["asterisk"], the_plan)})
-        _announce_outcome(announce, result["asterisk"], decisions)
+    fresh = _unannounced(decisions, writer.current)
+    for family in decisions:
+        result[family]["changed"] = family in fresh
+    asterisk = Asterisk.of(config, the_plan.targets, ask) if addresses else None
+    if asterisk is not None and (the_plan.in_sync or not write):
+        result["running"] = asterisk.running()
+        result["in_sync"] = the_plan.in_sync and result["running"]["in_sync"] is True
+    if write:
+        if fresh:
+            announce("change", fresh)
+            writer.save(_announced(writer.current, fresh))
+        result["asterisk"] = _write_and_tell(the_plan, asterisk, result, writer, progress)
+        if result["asterisk"] is not None:
+            _announce_outcome(announce, result["asterisk"], decisions)
+    if asterisk is not None:
+        writer.save({**writer.current, "asterisk": _running_state(writer.current, result, config)})
     return result
+
+
+def _write_and_tell(
+    the_plan: Plan,
+    asterisk: Asterisk | None,
+    result: dict[str, Any],
+    writer: StateWriter,
+    progress: control.Progress | None,
+) -> dict[str, Any] | None:
+    """Apply the plan and make Asterisk take it; the `asterisk` part of the result, or None
+    when there was nothing to do."""
+    if the_plan.in_sync:
+        running = result.get("running") or {}
+        if asterisk is None or running.get("in_sync") is not False:
+            if running.get("error"):
+                return {"action": "pending", "verified": False, "error": running["error"]}
+            return None
+        # The files are right and Asterisk runs something else: tell it, nothing to roll back.
+        outcome = asterisk.tell(None, _progress_saver(writer, progress))
+        result["in_sync"] = bool(outcome.get("verified"))
+        writer.save({**writer.current, "pending": _pending(outcome, the_plan)})
+        return outcome
+    refused = asterisk.preflight() if asterisk is not None else None
+    if refused is not None:
+        log.error("asterisk: %s", refused)
+        return {"action": "none", "verified": False, "error": refused}
+    applied = apply(the_plan, writer.state_dir)
+    _log_edits(the_plan)
+    result["applied"] = True
+    if asterisk is None:
+        return {"action": "none", "verified": False}
+    outcome = asterisk.tell(applied, _progress_saver(writer, progress))
+    writer.save({**writer.current, "pending": _pending(outcome, the_plan)})
+    return outcome
+
+
+def _progress_saver(writer: StateWriter, progress: control.Progress | None) -> control.Progress:
+    def show_progress(line: str) -> None:
+        # `ipwatch status` run meanwhile says why nothing seems to happen.
+        log.info("asterisk: %s", line)
+        writer.save({**writer.current, "pending": [f"restart Asterisk: {line}"]})
+        if progress is not None:
+            progress(line)
+
+    return show_progress
+
+
+def _unannounced(
+    decisions: Mapping[Family, Decision], state: state_file.State
+) -> dict[Family, Decision]:
+    """Confirmed families whose address ipwatch has not acted on (`change`) yet.
+
+    Only a run that writes moves the acted-on address: `check` and `plan` only observe, so the
+    `check --apply` after them still raises `change` and runs the hooks that act on it.
+    """
+    families = state.get("families") or {}
+    return {
+        family: decision
+        for family, decision in decisions.items()
+        if decision.confirmed
+        and (families.get(family) or {}).get("announced") != decision.tracking.address
+    }
+
+
+def _announced(state: state_file.State, fresh: Mapping[Family, Decision]) -> state_file.State:
+    families = dict(state.get("families") or {})
+    for family, decision in fresh.items():
+        families[family] = {**(families.get(family) or {}), "announced": decision.tracking.address}
+    return {**state, "families": families}
+
+
+def _running_state(
+    state: state_file.State, result: Mapping[str, Any], config: Config
+) -> dict[str, Any]:
+    """What `ipwatch status` needs to know of Asterisk: in sync, behind (since when, and when
+    that turns critical), or unknown because it could not be asked."""
+    before = state.get("asterisk") or {}
+    outcome = result.get("asterisk") or {}
+    running = result.get("running") or {}
+    now = time.time()
+    if outcome.get("verified") or (running.get("in_sync") and not outcome.get("error")):
+        return {"in_sync": True, "checked": _iso(now)}
+    problems = running.get("problems") or []
+    error = outcome.get("error") or running.get("error")
+    if outcome.get("action") == "pending" or (not problems and not outcome.get("error")):
+        since = before.get("since") if before.get("in_sync") is None else None
+        return {"in_sync": None, "error": error, "since": since or _iso(now), "checked": _iso(now)}
+    started = before.get("started") if before.get("in_sync") is False else None
+    started = started or now
+    return {
+        "in_sync": False,
+        "problems": problems or [error],
+        "since": _iso(started),
+        "started": started,
+        "critical_after": _iso(started + config.asterisk.drain + CRITICAL_MARGIN),
+        "checked": _iso(now),
+    }
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def _announce_outcome(
@@ -156,76 +269,110 @@ def _announce_outcome(
         announce("applied", decisions)
 
 
-def retry_pending(
-    config: Config,
-    decisions: Mapping[Family, Decision],
-    writer: StateWriter,
-    progress: control.Progress,
-) -> dict[str, Any] | None:
-    """Tell Asterisk about files written while it could not be reached; None if nothing pends."""
-    addresses = confirmed(decisions)
-    if not writer.current.get("pending") or not addresses:
+@dataclass(frozen=True)
+class Asterisk:
+    """How to reach Asterisk for a set of targets, and what it must show."""
+
+    settings: AsteriskConfig
+    secret: str | None
+    targets: tuple[TargetPlan, ...]
+    # False while the daemon backs off from an unreachable Asterisk: it counts as unreachable.
+    ask: bool = True
+
+    @classmethod
+    def of(cls, config: Config, targets: Sequence[TargetPlan], ask: bool = True) -> Asterisk | None:
+        """None when ipwatch does not talk to Asterisk; a missing secret is a ConfigError now,
+        before anything is written."""
+        settings = config.asterisk
+        if settings.control == "none" or settings.apply == "none" or not targets:
+            return None
+        secret = ami_secret(settings.ami.secret_file) if settings.control == "ami" else None
+        return cls(settings, secret, tuple(targets), ask)
+
+    @property
+    def kinds(self) -> set[str]:
+        return {target.kind for target in self.targets}
+
+    def connect(self) -> Link:
+        if not self.ask:
+            raise AsteriskUnavailable("Asterisk was unreachable; asked again later")
+        return open_link(self.settings, self.secret)
+
+    def expected(self) -> dict[str, dict[str, dict[str, str]]]:
+        merged: dict[str, dict[str, dict[str, str]]] = {}
+        for target in self.targets:
+            for section, values in target.expected.items():
+                merged.setdefault(target.kind, {}).setdefault(section, {}).update(values)
+        return merged
+
+    def running(self) -> dict[str, Any]:
+        """What Asterisk runs against what the files say: one read, no waiting."""
+        try:
+            link = self.connect()
+            try:
+                problems = [
+                    problem
+                    for kind, values in self.expected().items()
+                    for problem in control.mismatches(link, kind, values)
+                ]
+            finally:
+                link.close()
+        except AsteriskError as error:
+            return {"in_sync": None, "problems": [], "error": f"cannot ask Asterisk: {error}"}
+        return {"in_sync": not problems, "problems": problems, "error": None}
+
+    def preflight(self) -> str | None:
+        """Why telling Asterisk would fail after the write (a refused login, a missing
+        privilege), or None. One rule: what can be found before writing leaves the files as
+        they are. Asterisk not running is no such reason: it reads the new files when it
+        starts, and the reload stays pending meanwhile."""
+        try:
+            link = self.connect()
+            try:
+                link.command("core show version", control.COMMAND_TIMEOUT)
+            finally:
+                link.close()
+        except (AsteriskAuthError, AsteriskPermissionError) as error:
+            return f"{error}; nothing was changed"
+        except AsteriskError:
+            pass
         return None
-    the_plan = plan(config, addresses)
-    if not the_plan.in_sync:
-        return None  # the round's own apply tells Asterisk
-    asterisk = tell_asterisk(config, the_plan.targets, None, progress)
-    if asterisk["action"] != "pending":
-        writer.save({**writer.current, "pending": []})
-    return asterisk
 
+    def tell(self, applied: Applied | None, progress: control.Progress) -> dict[str, Any]:
+        """Reload or restart Asterisk and verify; roll back `applied` if it rejects the files.
 
-def tell_asterisk(
-    config: Config,
-    targets: Sequence[TargetPlan],
-    applied: Applied | None,
-    progress: control.Progress,
-) -> dict[str, Any]:
-    """Reload or restart Asterisk for `targets`' files and verify; roll back if it rejects them.
-
-    Returns the `asterisk` part of the result: action "reload"/"restart"/"none", or "pending"
-    when Asterisk cannot be reached (the files stay: they are right for when it starts). Without
-    `applied` (a retry of a pending reload) there is nothing to roll back to.
-    """
-    settings = config.asterisk
-    if settings.control == "none" or settings.apply == "none":
-        return {"action": "none", "verified": False}
-    secret = ami_secret(settings.ami.secret_file) if settings.control == "ami" else None
-    teller = _Teller(
-        connect=lambda: open_link(settings, secret),
-        kinds={target.kind for target in targets},
-        drain=settings.drain,
-        progress=progress,
-    )
-    try:
-        link = teller.connect()
-        action = control.choose_action(settings.apply, link.version(), teller.kinds)
-        if applied is None and settings.verify and not _problems(link, targets):
-            # A retry, and Asterisk already runs on the new values (it restarted meanwhile).
-            link.close()
-            return {"action": "none", "verified": True}
-    except AsteriskError as error:
-        log.error("asterisk: %s; the reload stays pending", error)
-        return {"action": "pending", "verified": False, "error": str(error)}
-    try:
-        link = teller.act(link, action)
-        problems = _problems(link, targets) if settings.verify else []
-        if problems:
-            raise AsteriskError("; ".join(problems))
-    except AsteriskError as error:
-        if applied is None:
-            reason = f"Asterisk does not show the new address ({error})"
+        Returns the `asterisk` part of the result: action "reload"/"restart", or "pending"
+        when Asterisk cannot be reached (the files stay: they are right for when it starts).
+        Without `applied` (only Asterisk was behind) there is nothing to roll back to.
+        """
+        teller = _Teller(self.connect, self.kinds, self.settings.drain, progress)
+        try:
+            link = teller.connect()
+            action = control.choose_action(self.settings.apply, link.version(), teller.kinds)
+        except AsteriskError as error:
+            log.error("asterisk: %s; the reload stays pending", error)
+            return {"action": "pending", "verified": False, "error": str(error)}
+        try:
+            link = teller.act(link, action)
+            problems = control.settle(link, self.expected()) if self.settings.verify else []
+            if problems:
+                raise AsteriskError("; ".join(problems))
+        except AsteriskError as error:
+            if applied is None:
+                reason = f"Asterisk does not show the new address ({error})"
+                log.error("asterisk: %s", reason)
+                return {"action": action, "verified": False, "error": reason}
+            restore(applied)
+            teller.again(action, _old_values(self.targets))
+            reason = f"Asterisk did not take the new address ({error}); the files were rolled back"
             log.error("asterisk: %s", reason)
-            return {"action": action, "verified": False, "error": reason}
-        restore(applied)
-        teller.again(action, _old_values(targets))
-        reason = f"Asterisk did not take the new address ({error}); the files were rolled back"
-        log.error("asterisk: %s", reason)
-        return {"action": action, "verified": False, "rolled_back": True, "error": reason}
-    finally:
-        link.close()
-    log.info("asterisk: %s done, %s", action, "verified" if settings.verify else "not verified")
-    return {"action": action, "verified": settings.verify}
+            return {"action": action, "verified": False, "rolled_back": True, "error": reason}
+        finally:
+            link.close()
+        log.info(
+            "asterisk: %s done, %s", action, "verified" if self.settings.verify else "not verified"
+        )
+        return {"action": action, "verified": self.settings.verify}
 
 
 @dataclass(frozen=True)
@@ -249,11 +396,7 @@ class _Teller:
         try:
             link = self.act(self.connect(), action)
             try:
-                problems = [
-                    p
-                    for kind, values in old.items()
-                    for p in control.mismatches(link, kind, values)
-                ]
+                problems = control.settle(link, old)
             finally:
                 link.close()
         except AsteriskError as error:
@@ -273,19 +416,13 @@ def _old_values(targets: Sequence[TargetPlan]) -> dict[str, dict[str, dict[str, 
     return old
 
 
-def _problems(link: Link, targets: Sequence[TargetPlan]) -> list[str]:
-    return [
-        problem
-        for target in targets
-        for problem in control.mismatches(link, target.kind, target.expected)
-    ]
-
-
 def _pending(asterisk: Mapping[str, Any], the_plan: Plan) -> list[str]:
     if asterisk["action"] != "pending":
         return []
     files = ", ".join(str(change.path) for change in the_plan.changes)
-    return [f"reload Asterisk: {files} changed"]
+    return [
+        f"reload Asterisk: {files} changed" if files else "reload Asterisk: it runs an old address"
+    ]
 
 
 def _log_edits(the_plan: Plan) -> None:

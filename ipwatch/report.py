@@ -27,6 +27,7 @@ def check_result(
     result["diff"] = plan.diff()
     result["applied"] = False
     result["asterisk"] = None
+    result["running"] = None
     return result
 
 
@@ -38,8 +39,12 @@ def check_exit_status(result: Mapping[str, Any]) -> int:
     asterisk = result["asterisk"] or {}
     if asterisk.get("rolled_back") or asterisk.get("action") == "pending":
         return 3
-    if result["applied"]:
+    if asterisk.get("error"):
+        return 3  # Asterisk was told but does not show the address
+    if result["applied"] or asterisk.get("verified"):
         return 0
+    if (result.get("running") or {}).get("error"):
+        return 3  # the files may be right, but whether Asterisk runs them is unknown
     return 0 if result["in_sync"] else 1
 
 
@@ -69,6 +74,10 @@ def _target_lines(result: Mapping[str, Any]) -> list[str]:
             where = f"{edit['file']}:{edit['line']}"
             lines.append(f"  {where} [{edit['section']}] {edit['key']} {old} -> {edit['new']}")
         lines += [f"  note: {note}" for note in target["notes"]]
+    running = result.get("running") or {}
+    lines += [f"asterisk: {problem}" for problem in running.get("problems") or []]
+    if running.get("error"):
+        lines.append(f"asterisk: {running['error']}; whether it runs the address is unknown")
     asterisk = result.get("asterisk")
     if asterisk:
         detail = f" ({asterisk['error']})" if asterisk.get("error") else ""

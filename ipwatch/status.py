@@ -54,6 +54,7 @@ def evaluate(state: dict[str, Any] | None, state_dir: str) -> dict[str, Any]:
         "daemon": daemon,
         "updated": state.get("updated"),
     }
+    problems += _asterisk_problems(state.get("asterisk"), time.time())
 
 
 def _family_problems(family: str, entry: dict[str, Any]) -> list[tuple[int, str]]:
@@ -65,6 +66,7 @@ def _family_problems(family: str, entry: dict[str, Any]) -> list[tuple[int, str]
         problems.append(
             (WARNING, f"{family}: last round did not confirm {entry['address']} ({what})")
         )
+        "asterisk": state.get("asterisk"),
     for source in entry.get("sources") or []:
         if source.get("error"):
             problems.append(
@@ -79,6 +81,14 @@ def _family_problems(family: str, entry: dict[str, Any]) -> list[tuple[int, str]
     return problems
 
 
+    elif entry.get("announced") != entry["address"]:
+        problems.append(
+            (
+                WARNING,
+                f"{family}: {entry['address']} is confirmed but not applied yet;"
+                " run `ipwatch check --apply` or start the daemon",
+            )
+        )
 def _daemon_problems(daemon: dict[str, Any], now: float) -> list[tuple[int, str]]:
     if not daemon["alive"]:
         stopped = f" (stopped at {daemon['stopped']})" if daemon.get("stopped") else ""
@@ -93,6 +103,18 @@ def _daemon_problems(daemon: dict[str, Any], now: float) -> list[tuple[int, str]
 
 
 def _seconds_since(stamp: Any, now: float) -> float | None:
+def _asterisk_problems(asterisk: Any, now: float) -> list[tuple[int, str]]:
+    """Never OK on the strength of the files alone: Asterisk behind them, or not asked."""
+    if not isinstance(asterisk, dict) or asterisk.get("in_sync") is True:
+        return []
+    if asterisk.get("in_sync") is None:
+        return [(WARNING, f"asterisk: {asterisk.get('error')} (since {asterisk.get('since')})")]
+    overdue = _seconds_since(asterisk.get("critical_after"), now)
+    level = CRITICAL if overdue is not None and overdue > 0 else WARNING
+    since = f" (since {asterisk.get('since')})"
+    return [(level, f"asterisk: {problem}{since}") for problem in asterisk.get("problems") or []]
+
+
     try:
         then = calendar.timegm(time.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ"))
     except ValueError:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import pytest
 
-from tests.peers.asterisk import DEFAULT_SECRET, AsteriskServer
+from tests.peers.asterisk import DEFAULT_SECRET, DEFAULT_USER, AmiUser, AsteriskServer
 from tests.peers.asterisk import NAT_TRANSPORT as PJSIP
 from tests.peers.asterisk import NEW_ADDRESS as NEW
 from tests.peers.asterisk import OLD_ADDRESS as OLD
@@ -146,7 +146,10 @@ def test_a_rejected_config_is_rolled_back(tmp_path: Path, test_asterisk_factory:
         "rolled_back": True,
         "error": None,
     }
-    assert "transport-udp-nat external_media_address: Asterisk shows" in result["asterisk"]["error"]
+    assert (
+        "transport-udp-nat external_media_address: Asterisk still runs"
+        in result["asterisk"]["error"]
+    )
     assert (server.config_dir / "pjsip.conf").read_bytes() == before
     assert server.commands().count("module reload res_pjsip.so") == 2  # the new files, then the old
     assert shown(server, "external_media_address") == OLD
@@ -159,11 +162,28 @@ def test_a_wrong_secret_is_one_sentence_and_exit_3(
     server = test_asterisk_factory(files={"pjsip.conf": PJSIP}, failed_login_delay=0.05)
     config = write_config(tmp_path, server)
     (tmp_path / "ami.secret").write_text("Zq9-not-the-secret\n")
+    before = (server.config_dir / "pjsip.conf").read_bytes()
     status, result, stderr = apply(tmp_path, config)
     assert status == 3
-    assert result["asterisk"]["action"] == "pending"
+    assert result["applied"] is False and result["asterisk"]["action"] == "none"
     assert "rejected the username or secret" in result["asterisk"]["error"]
+    assert "nothing was changed" in result["asterisk"]["error"]
+    assert (server.config_dir / "pjsip.conf").read_bytes() == before  # found before writing
     assert "Zq9" not in stderr + json.dumps(result)  # the secret is never shown
+
+
+def test_a_missing_command_privilege_also_leaves_the_files(
+    tmp_path: Path, test_asterisk_factory: Factory
+) -> None:
+    server = test_asterisk_factory(
+        files={"pjsip.conf": PJSIP},
+        users={DEFAULT_USER: AmiUser(DEFAULT_SECRET, read="system", write="system")},
+    )
+    before = (server.config_dir / "pjsip.conf").read_bytes()
+    status, result, _ = apply(tmp_path, write_config(tmp_path, server))
+    assert status == 3 and result["applied"] is False
+    assert "nothing was changed" in result["asterisk"]["error"]
+    assert (server.config_dir / "pjsip.conf").read_bytes() == before
 
 
 def test_a_readable_secret_file_is_refused(tmp_path: Path, test_asterisk_factory: Factory) -> None:
