@@ -276,6 +276,7 @@ class Daemon:
         addresses = reconcile.confirmed(decisions)
         if not addresses or addresses == self.refused:
             return False
+        asking = time.monotonic() >= self.pending_retry_at
         result = reconcile.converge(
             self.config,
             decisions,
@@ -283,10 +284,11 @@ class Daemon:
             write=True,
             announce=self.announce,
             progress=self.progress,
-            ask=time.monotonic() >= self.pending_retry_at,
+            ask=asking,
         )
         asterisk = result.get("asterisk") or {}
-        self.back_off(asterisk)
+        if asking:
+            self.back_off(asterisk)
         if asterisk.get("rolled_back"):
             # Not again for these addresses until something changes, or a rejected reload (or
             # restart) would repeat every round; the restored files are ipwatch's own writing.

@@ -173,6 +173,11 @@ def _write_and_tell(
         if asterisk is None or running.get("in_sync") is not False:
             if running.get("error"):
                 return {"action": "pending", "verified": False, "error": running["error"]}
+            if running.get("in_sync") and writer.current.get("pending"):
+                # Asterisk took the files by itself (it was restarted meanwhile).
+                log.info("asterisk: runs the new address now; nothing is pending")
+                writer.save({**writer.current, "pending": []})
+                return {"action": "none", "verified": True}
             return None
         # The files are right and Asterisk runs something else: tell it, nothing to roll back.
         outcome = asterisk.tell(None, _progress_saver(writer, progress))

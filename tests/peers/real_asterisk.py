@@ -217,6 +217,17 @@ class RealAsterisk:
                 texts.append("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(texts)
 
+    def logged(self, text: str) -> int:
+        """How many lines of Asterisk's messages log contain `text`."""
+        path = self.root / "log" / "messages"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        return sum(text in line for line in lines)
+
+    def pjsip_reloads(self) -> int:
+        """Reloads of res_pjsip that re-read a changed pjsip.conf (with `allow_reload = no`,
+        res_pjsip/config_transport.c logs this once per transport and reload)."""
+        return self.logged("is not fully reloadable")
+
     @property
     def pid(self) -> int:
         assert self.process is not None
