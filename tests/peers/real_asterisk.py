@@ -94,8 +94,9 @@ def sources_dir() -> Path:
 @functools.cache
 def prefix_of(version: str) -> Path:
     """The install prefix of a cached build of `version`, building it first if needed."""
-    for program, package in (("cc", "build-essential"), ("pkg-config", "pkg-config")):
-        need(program, package)
+    need("cc", "build-essential")
+    need("make", "make")
+    need("pkg-config", "pkg-config")
     need("xz", "xz-utils")
     need("bzip2", "bzip2")
     need("curl", "curl")  # configure refuses to run without curl or wget
