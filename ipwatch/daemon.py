@@ -348,7 +348,10 @@ class Daemon:
             except IpwatchError as error:
                 first = str(error).splitlines()[0]
                 log.error("config: %s; still running with the previous config", first)
-                self.config_problem = f"config not reloaded: {first}"
+                self.config_problem = (
+                    f"config not reloaded, the previous one stays in force: {first}"
+                )
+                self.record_daemon(running=True)  # `ipwatch status` warns until a good one loads
             else:
                 self.apply_config(new)
             finally:
@@ -361,6 +364,7 @@ class Daemon:
         self.announce = Announcer(new, self.writer, self.touch)
         self.refused = None
         self.problem = self.config_problem = None
+        self.record_daemon(running=True)
         self.spacing = 0.0
         self.schedule_rounds(first_now=True)
         self.watcher.watch(self.watched_files())
@@ -412,15 +416,17 @@ class Daemon:
                     self.announce("recovered", {family: decision})
 
     def report_problem(self, problem: str) -> None:
+        """A step failed with `problem`, which nothing has logged yet: log it (once)."""
+        if problem != self.problem:
+            log.error("%s", problem)
         self.set_problem(problem)
 
     def set_problem(self, problem: str | None) -> None:
-        """The daemon's current problem (None: none); logged once, kept in the state file for
-        `ipwatch status` (CRITICAL), and shown in systemd's STATUS."""
+        """The daemon's current problem (None: none), kept in the state file for `ipwatch status`
+        (CRITICAL), and shown in systemd's STATUS. Not logged: whoever found it (reconcile,
+        telling Asterisk) has, and a second ERROR line would only repeat it."""
         if problem == self.problem:
             return
-        if problem:
-            log.error("%s", problem)
         self.problem = problem
         self.record_daemon(running=True)
 
@@ -453,7 +459,9 @@ class Daemon:
             # `status` warns when the heartbeat is older than twice this (plus a minute).
             every = max(HEARTBEAT_SECONDS, 1.1 * self.config.interval)
             entry.update(pid=os.getpid(), heartbeat=_stamp(), heartbeat_every=every)
-            entry["problem"] = self.problem or self.config_problem
+            entry["problem"] = self.problem
+            # Apart from `problem`: the daemon still works, on the previous config (WARNING).
+            entry["config_problem"] = self.config_problem
             if started:
                 entry["started"] = _stamp()
             entry.pop("stopped", None)

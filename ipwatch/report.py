@@ -98,10 +98,16 @@ def _family_headline(family: str, entry: Mapping[str, Any]) -> str:
         return (
             f"{family} not confirmed: {entry['candidate']} seen in"
             f" {entry['candidate_rounds']} round(s)"
-            f" in a row ({agreement}); still using {entry['address'] or 'nothing'}"
+            f" in a row ({agreement}); {_kept(entry)}"
         )
-    using = entry["address"] or "nothing"
-    return f"{family} not confirmed: no quorum ({agreement}); still using {using}"
+    return f"{family} not confirmed: no quorum ({agreement}); {_kept(entry)}"
+
+
+def _kept(entry: Mapping[str, Any]) -> str:
+    """What holds meanwhile: the address confirmed earlier, or none at all."""
+    if entry["address"]:
+        return f"still using {entry['address']}"
+    return "no address confirmed yet"
 
 
 def format_sources(sources: list[Mapping[str, Any]]) -> list[str]:

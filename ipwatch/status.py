@@ -40,6 +40,7 @@ def evaluate(state: dict[str, Any] | None, state_dir: str) -> dict[str, Any]:
         )
         for owed in state.get("retry_hooks") or []
     ]
+    problems += _asterisk_problems(state.get("asterisk"), time.time())
     daemon = _daemon(state.get("daemon"))
     if daemon is not None:
         problems += _daemon_problems(daemon, time.time())
@@ -51,10 +52,10 @@ def evaluate(state: dict[str, Any] | None, state_dir: str) -> dict[str, Any]:
         **{family: families.get(family) for family in FAMILIES},
         "changes": state.get("changes") or [],
         "pending": state.get("pending") or [],
+        "asterisk": state.get("asterisk"),
         "daemon": daemon,
         "updated": state.get("updated"),
     }
-    problems += _asterisk_problems(state.get("asterisk"), time.time())
 
 
 def _family_problems(family: str, entry: dict[str, Any]) -> list[tuple[int, str]]:
@@ -66,7 +67,14 @@ def _family_problems(family: str, entry: dict[str, Any]) -> list[tuple[int, str]
         problems.append(
             (WARNING, f"{family}: last round did not confirm {entry['address']} ({what})")
         )
-        "asterisk": state.get("asterisk"),
+    elif entry.get("announced") != entry["address"]:
+        problems.append(
+            (
+                WARNING,
+                f"{family}: {entry['address']} is confirmed but not applied yet;"
+                " run `ipwatch check --apply` or start the daemon",
+            )
+        )
     for source in entry.get("sources") or []:
         if source.get("error"):
             problems.append(
@@ -81,28 +89,6 @@ def _family_problems(family: str, entry: dict[str, Any]) -> list[tuple[int, str]
     return problems
 
 
-    elif entry.get("announced") != entry["address"]:
-        problems.append(
-            (
-                WARNING,
-                f"{family}: {entry['address']} is confirmed but not applied yet;"
-                " run `ipwatch check --apply` or start the daemon",
-            )
-        )
-def _daemon_problems(daemon: dict[str, Any], now: float) -> list[tuple[int, str]]:
-    if not daemon["alive"]:
-        stopped = f" (stopped at {daemon['stopped']})" if daemon.get("stopped") else ""
-        return [(WARNING, f"the daemon (pid {daemon['pid']}) is not running{stopped}")]
-    if daemon.get("problem"):
-        return [(CRITICAL, f"daemon: {daemon['problem']}")]
-    beat = _seconds_since(daemon.get("heartbeat"), now)
-    every = float(daemon.get("heartbeat_every") or 0)
-    if beat is not None and every and beat > 2 * every + 60:
-        return [(WARNING, f"the daemon (pid {daemon['pid']}) last reported {beat:.0f} s ago")]
-    return []
-
-
-def _seconds_since(stamp: Any, now: float) -> float | None:
 def _asterisk_problems(asterisk: Any, now: float) -> list[tuple[int, str]]:
     """Never OK on the strength of the files alone: Asterisk behind them, or not asked."""
     if not isinstance(asterisk, dict) or asterisk.get("in_sync") is True:
@@ -115,6 +101,25 @@ def _asterisk_problems(asterisk: Any, now: float) -> list[tuple[int, str]]:
     return [(level, f"asterisk: {problem}{since}") for problem in asterisk.get("problems") or []]
 
 
+def _daemon_problems(daemon: dict[str, Any], now: float) -> list[tuple[int, str]]:
+    if not daemon["alive"]:
+        stopped = f" (stopped at {daemon['stopped']})" if daemon.get("stopped") else ""
+        return [(WARNING, f"the daemon (pid {daemon['pid']}) is not running{stopped}")]
+    problems = []
+    if daemon.get("problem"):
+        problems.append((CRITICAL, f"daemon: {daemon['problem']}"))
+    if daemon.get("config_problem"):  # a SIGHUP found the config file broken
+        problems.append((WARNING, f"daemon: {daemon['config_problem']}"))
+    if problems:
+        return problems
+    beat = _seconds_since(daemon.get("heartbeat"), now)
+    every = float(daemon.get("heartbeat_every") or 0)
+    if beat is not None and every and beat > 2 * every + 60:
+        return [(WARNING, f"the daemon (pid {daemon['pid']}) last reported {beat:.0f} s ago")]
+    return []
+
+
+def _seconds_since(stamp: Any, now: float) -> float | None:
     try:
         then = calendar.timegm(time.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ"))
     except ValueError:
@@ -162,14 +167,18 @@ def format_status(result: dict[str, Any]) -> str:
             f" at {change['at']}"
         )
     lines += [f"problem: {problem}" for problem in result["problems"]]
+    lines.append(_daemon_line(result))
+    return "\n".join([headline, *lines])
+
+
+def _daemon_line(result: dict[str, Any]) -> str:
     daemon = result.get("daemon")
     if daemon:
-        lines.append(
-            f"daemon: pid {daemon['pid']} {'running' if daemon['alive'] else 'not running'}"
-        )
-    else:
-        lines.append("daemon: not running (state written by `ipwatch check`)")
-    return "\n".join([headline, *lines])
+        return f"daemon: pid {daemon['pid']} {'running' if daemon['alive'] else 'not running'}"
+    if "updated" not in result:  # the verdict on a missing or unreadable state file
+        return "daemon: unknown (no readable state file)"
+    # The daemon records itself when it starts, and `check` keeps that record.
+    return "daemon: has not run with this state directory (the state is from `ipwatch check`)"
 
 
 def _source_text(source: dict[str, Any]) -> str:

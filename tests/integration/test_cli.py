@@ -220,6 +220,20 @@ def test_status_without_state_is_unknown(tmp_path: Path) -> None:
     finished = run_ipwatch("status", state_dir=tmp_path)
     assert finished.returncode == 3
     assert finished.stdout.startswith(f"IPWATCH UNKNOWN - no state in {tmp_path} yet")
+    assert finished.stdout.endswith("\ndaemon: unknown (no readable state file)\n")
+
+
+def test_status_after_check_says_the_daemon_has_not_run(tmp_path: Path) -> None:
+    config = tmp_path / "ipwatch.toml"
+    config.write_text(
+        'confirm = 1\naccept = ["198.51.100.0/24"]\n'
+        '[[source]]\nkind = "command"\nargv = ["echo", "198.51.100.7"]\n'
+    )
+    assert run_ipwatch("check", config=config, state_dir=tmp_path / "state").returncode == 0
+    finished = run_ipwatch("status", state_dir=tmp_path / "state")
+    assert finished.stdout.endswith(
+        "\ndaemon: has not run with this state directory (the state is from `ipwatch check`)\n"
+    )
 
 
 def test_status_with_a_corrupt_state_file_is_unknown(tmp_path: Path) -> None:
@@ -430,3 +444,13 @@ def test_plan_prints_the_diff_and_logs_info_only_with_verbose(tmp_path: Path) ->
     verbose = run_ipwatch("-v", "plan", config=config, state_dir=tmp_path / "verbose")
     assert verbose.stdout == finished.stdout
     assert "INFO ipv4 - -> 198.51.100.7 (1/1 sources)" in verbose.stderr
+
+
+def test_check_without_a_confirmed_address_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "ipwatch.toml"
+    config.write_text('[[source]]\nkind = "command"\nargv = ["echo", "10.1.2.3"]\n')
+    finished = run_ipwatch("check", config=config, state_dir=tmp_path / "state")
+    assert finished.returncode == 2
+    assert finished.stdout.splitlines()[0] == (
+        "ipv4 not confirmed: no quorum (0/1 sources agree); no address confirmed yet"
+    )

@@ -382,7 +382,10 @@ def test_a_rejected_address_is_critical_in_status_and_not_retried(
     rounds = responder.requests
     wait_until(lambda: responder.requests >= rounds + 5, 10, "more rounds")
     assert setup.reloads() == reloads  # the same rejected address is not pushed every round
-    daemon.stop()
+    _, stderr = daemon.stop()
+    # Logged where it happens, not a second time as the daemon's problem.
+    rejected = [line for line in stderr.splitlines() if "did not take the new address" in line]
+    assert len(rejected) == 1, rejected
 
 
 def test_a_hung_round_stops_the_watchdog_pings(
@@ -434,3 +437,39 @@ def test_no_quorum_is_logged_once_with_each_sources_answer(
         "ipv4: no confirmed address (0/2 sources agree): stun-1 10.1.2.3 rejected: private"
         " address (RFC 1918); stun-2 10.1.2.3 rejected: private address (RFC 1918)"
     )
+
+
+def test_a_broken_config_on_sighup_is_a_warning_in_status_until_a_good_one_loads(
+    setup: Setup, start: Start, notify_socket: NotifyListener
+) -> None:
+    setup.write_config("1h")
+    daemon = start()
+    notify_socket.wait_for(READY="1", timeout=15)
+    wait_until(
+        lambda: run_ipwatch("status", state_dir=setup.state_dir).returncode == 0,
+        10,
+        "status OK once the address is confirmed",
+    )
+    good = setup.config.read_text()
+    setup.config.write_text(good.replace("confirm = 2", 'confirm = "often"'))
+    daemon.signal(signal.SIGHUP)
+    status = wait_until(
+        lambda: warning_status(setup.state_dir), 10, "status WARNING about the config"
+    )
+    assert status.stdout.startswith(
+        f"IPWATCH WARNING - daemon: config not reloaded, the previous one stays in force:"
+        f" {setup.config}: confirm: expected a whole number of at least 1, got 'often'"
+    ), status.stdout
+    setup.config.write_text(good)
+    daemon.signal(signal.SIGHUP)
+    wait_until(
+        lambda: run_ipwatch("status", state_dir=setup.state_dir).returncode == 0,
+        10,
+        "status OK once the config is good again",
+    )
+    daemon.stop()
+
+
+def warning_status(state_dir: Path) -> subprocess.CompletedProcess[str] | None:
+    found = run_ipwatch("status", state_dir=state_dir)
+    return found if found.returncode == 1 else None
