@@ -185,3 +185,21 @@ def test_a_reload_pending_while_asterisk_was_down_is_finished_when_it_is_back(
     )
     assert pbx.runs() == NEW_ADDRESS
     pbx.probe.wait_for("REGISTER", NEW_ADDRESS)
+
+
+def test_a_regeneration_followed_by_a_full_reload_is_put_right(pbx: Pbx, run: Start) -> None:
+    """As `fwconsole reload` does: every file rewritten, then one AMI `Reload` of everything.
+    Asterisk then runs the old address from the regenerated file until ipwatch acts."""
+    pbx.set_interval("1h")
+    pbx.answer.write_text(NEW_ADDRESS + "\n")
+    run()
+    wait_until(lambda: pbx.runs() == NEW_ADDRESS, 10, "the first apply")
+    regenerated = pbx.pjsip.with_suffix(".tmp")
+    regenerated.write_text(pbx.pjsip.read_text().replace(NEW_ADDRESS, OLD_ADDRESS))
+    regenerated.rename(pbx.pjsip)
+    pbx.asterisk.cli("core reload")
+    wait_until(lambda: NEW_ADDRESS in pbx.pjsip.read_text(), 5, "the file put right")
+    wait_until(lambda: pbx.runs() == NEW_ADDRESS, 10, "Asterisk back on the new address")
+    pbx.probe.clear()
+    pbx.asterisk.cli("pjsip qualify probe")
+    pbx.probe.wait_for("OPTIONS", NEW_ADDRESS)
