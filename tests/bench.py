@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         figures += _ddclient_figures(_subdirectory(directory, "ddclient"))
         figures += _status_figures(_subdirectory(directory, "status"))
         figures += _large_config_figures(directory)
+        figures += _real_asterisk_figures()
     _print_table(figures)
     return 0
 
@@ -396,6 +397,85 @@ def _large_config_figures(directory: Path) -> list[Figure]:
             )
         )
     return figures
+
+
+# --- a real Asterisk (tests/peers/build_asterisk.sh) --------------------------------------
+
+
+def _real_asterisk_figures() -> list[Figure]:
+    """How long chan_sip (5,000 peers) takes to show a new externaddr after `sip reload`
+    returns: the reason verification polls. PJSIP's reload is there for comparison."""
+    import pytest
+
+    from tests.peers import real_asterisk
+
+    progress("reloads of a real Asterisk with 5,000 peers / endpoints")
+    try:
+        chan_sip = _reload_delays(real_asterisk.CHAN_SIP_VERSION, "chan_sip")
+        pjsip = _reload_delays(real_asterisk.VERSIONS[0], "pjsip")
+    except (pytest.skip.Exception, pytest.fail.Exception) as error:
+        return [Figure("reload -> new value shown, real Asterisk", "not measured", str(error))]
+    return [
+        Figure(
+            f"{kind} reload -> new value shown, 5,000 {what}",
+            f"median {statistics.median(delays):.1f} ms, max {max(delays):.1f} ms,"
+            f" {sum(n > 0 for n in stale)}/{len(stale)} read stale first",
+            f"Asterisk {version}: 20 reloads over the console socket; time from the reload"
+            " command's answer until the show command first has the new value",
+        )
+        for kind, what, version, (delays, stale) in (
+            ("chan_sip", "peers", real_asterisk.CHAN_SIP_VERSION, chan_sip),
+            ("pjsip", "endpoints", real_asterisk.VERSIONS[0], pjsip),
+        )
+    ]
+
+
+def _reload_delays(version: str, kind: str) -> tuple[list[float], list[int]]:
+    """Per reload: milliseconds until the new value shows, and how many reads showed the old."""
+    from ipwatch.asterisk.console import ConsoleLink
+    from tests.peers import real_asterisk
+
+    root = Path(tempfile.mkdtemp(prefix="ast-", dir="/tmp"))
+    asterisk = real_asterisk.RealAsterisk(version, root)
+    name, reload, show = (
+        ("sip.conf", "sip reload", "sip show settings")
+        if kind == "chan_sip"
+        else ("pjsip.conf", "module reload res_pjsip.so", "pjsip show transport transport-udp-nat")
+    )
+
+    def conf(address: str) -> str:
+        if kind == "chan_sip":
+            peers = "".join(f"\n[peer{n}]\ntype = friend\nhost = dynamic\n" for n in range(5000))
+            return (
+                f"[general]\nudpbindaddr = 127.0.0.1:{asterisk.sip_port}\n"
+                f"externaddr = {address}\n" + peers
+            )
+        endpoints = "".join(
+            f"\n[e{n}]\ntype = endpoint\naors = e{n}\n\n[e{n}]\ntype = aor\n" for n in range(5000)
+        )
+        return real_asterisk.nat_transport(asterisk, address) + endpoints
+
+    delays: list[float] = []
+    stale: list[int] = []
+    try:
+        asterisk.write(name, conf("198.51.100.5"))
+        asterisk.start()
+        link = ConsoleLink(str(asterisk.console_path))
+        for n in range(20):
+            address = f"198.51.100.{10 + n}"
+            asterisk.write(name, conf(address))
+            link.command(reload, 30)
+            answered = time.monotonic()
+            reads = 0
+            while address not in link.command(show, 30):
+                reads += 1
+            delays.append((time.monotonic() - answered) * 1000)
+            stale.append(reads)
+        link.close()
+    finally:
+        asterisk.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return delays, stale
 
 
 # --- helpers ---------------------------------------------------------------------------------
