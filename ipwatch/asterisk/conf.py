@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple, TypeAlias
 
 from ipwatch.errors import ConfFileError
+from ipwatch.reading import MIB, Unfit, read_regular_file, size_text
 
 Operator = Literal["=", "=>", "+="]
 DirectiveKind = Literal["include", "tryinclude", "exec"]
@@ -890,18 +891,41 @@ class Tree:
             pending = next(children, None)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How much reading one tree may cost; Asterisk has no such bounds but ipwatch needs them.
+
+    Anyone who can write a file of the tree can make it huge, or a FIFO, or make every file of a
+    level include every file of the next: not a cycle, and Asterisk reads a file again each time
+    it is included, so ten levels of four files are a million readings. Real configs, FreePBX's
+    included, read a few dozen files of a few megabytes at most. Depth is Asterisk's own limit.
+    """
+
+    file_size: int = 16 * MIB
+    readings: int = 1000  # a file counts each time it is included
+    total_size: int = 64 * MIB  # the sizes of all readings together
+
+
+DEFAULT_LIMITS = Limits()
+
+
 class _Loader:
     """Follows `#include` and `#tryinclude` as config.c does, tracking the current section.
 
     config.c starts an included file in the config's current category (the last one created, or
     added to with `(+)`), and files matched by one glob share the including call's local state.
+    Each file is read from disk once and its parse reused; it is still visited at every include.
     """
 
-    def __init__(self, config_dir: Path) -> None:
+    def __init__(self, config_dir: Path, limits: Limits) -> None:
         self.config_dir = config_dir
+        self.limits = limits
         self.sections = _Sections()
         self.execs: list[Directive] = []
         self._documents: dict[Path, Document] = {}
+        self._readings = 0
+        self._size = 0
+        self._trail: list[str] = []  # the include directives leading to the file being read
 
     def load(
         self,
@@ -912,7 +936,7 @@ class _Loader:
         stack: tuple[Path, ...],
     ) -> tuple[_Visit, Section | None]:
         """Read one file and what it includes; return its visit and the current section after."""
-        visit = _Visit(self._document(path), order, start)
+        visit = _Visit(self._count(self._document(path, top=len(stack) == 1)), order, start)
         self.sections.visits.append(visit)
         previous = 0
         for directive in visit.document.directives:
@@ -947,7 +971,9 @@ class _Loader:
             if real in stack:
                 raise ConfFileError(f"{where}: including {path} again makes an include cycle")
             order = (*visit.order, directive.line, index)
+            self._trail.append(self._where(directive))
             child, current = self.load(path, order, local, current, (*stack, real))
+            self._trail.pop()
             visit.children.append((directive.line, child))
             if child.document.comment_depth_at_end and index + 1 < len(paths):
                 raise ConfFileError(
@@ -973,14 +999,72 @@ class _Loader:
                 found.append(pattern)
         return [Path(name) for name in found if os.path.isfile(name)]
 
-    def _document(self, path: Path) -> Document:
+    def _document(self, path: Path, top: bool) -> Document:
         if path not in self._documents:
-            try:
-                data = path.read_bytes()
-            except OSError as error:
-                raise ConfFileError(f"cannot read {path}: {error.strerror}") from error
-            self._documents[path] = Document.parse(data, str(path))
+            self._documents[path] = read_document(path, self.limits.file_size, top=top)
         return self._documents[path]
+
+    def _count(self, document: Document) -> Document:
+        """Count one more reading of `document`; refuse a tree that reads too much."""
+        self._readings += 1
+        self._size += len(document.text)
+        if self._readings > self.limits.readings:
+            too_much = f"more than {self.limits.readings} files"
+        elif self._size > self.limits.total_size:
+            too_much = f"more than {size_text(self.limits.total_size)}"
+        else:
+            return document
+        raise ConfFileError(
+            f"{' -> '.join(self._trail)}: these includes read {too_much} (Asterisk reads a file"
+            " again each time it is included); include each file once"
+        )
+
+    def _where(self, directive: Directive) -> str:
+        """The directive's file and line; below the top file, relative to the config directory."""
+        path = Path(directive.path)
+        if self._trail and path.is_relative_to(self.config_dir):
+            path = path.relative_to(self.config_dir)
+        return f"{path} line {directive.line}"
+
+
+def read_document(path: Path, limit: int = Limits.file_size, *, top: bool = True) -> Document:
+    """Read and parse the Asterisk config file at `path`, which must be a regular file.
+
+    Never blocks (a FIFO) and reads at most `limit` bytes (`/dev/zero`, a huge file); raise
+    ConfFileError naming the file and what to do otherwise. `top`: the file a target names.
+    """
+    try:
+        data = read_regular_file(path, limit)
+    except (OSError, Unfit) as problem:
+        raise ConfFileError(_unreadable(path, problem, limit, top)) from None
+    return Document.parse(data, str(path))
+
+
+def read_optional_document(path: Path) -> Document | None:
+    """`read_document`, or None when `path` is missing or not a regular file (Asterisk skips
+    those): for sorcery.conf beside pjsip.conf."""
+    try:
+        data = read_regular_file(path, Limits.file_size)
+    except FileNotFoundError:
+        return None
+    except (OSError, Unfit) as problem:
+        if isinstance(problem, Unfit) and not problem.too_large:
+            return None
+        raise ConfFileError(_unreadable(path, problem, Limits.file_size, True)) from None
+    return Document.parse(data, str(path))
+
+
+def _unreadable(path: Path, problem: OSError | Unfit, limit: int, top: bool) -> str:
+    if isinstance(problem, OSError):
+        return f"cannot read {path}: {problem.strerror}"
+    if problem.too_large:
+        return (
+            f"{path}: {problem.reason}, more than the {size_text(limit)} ipwatch reads from one"
+            " config file; check that the target names the right file"
+        )
+    if top:
+        return f"{path}: {problem.reason}; point the target at Asterisk's real config file"
+    return f"{path}: {problem.reason}; Asterisk skips it, so remove it or make it a regular file"
 
 
 def _braces(pattern: str) -> list[str]:
@@ -1004,14 +1088,15 @@ def _braces(pattern: str) -> list[str]:
     return [pattern]
 
 
-def load_tree(top: Path, config_dir: Path | None = None) -> Tree:
+def load_tree(top: Path, config_dir: Path | None = None, limits: Limits = DEFAULT_LIMITS) -> Tree:
     """Read `top` and, recursively, every file it includes.
 
     Relative include paths start from `config_dir` (Asterisk's astetcdir), by default the top
-    file's directory. Raise ConfFileError when a file cannot be read, an `#include` matches no
-    file, includes nest more than 10 deep or form a cycle, or an `(+)` section adds to nothing.
-    A `#tryinclude` that matches nothing is skipped; `#exec` is recorded in `Tree.execs`, not run.
+    file's directory. Raise ConfFileError when a file cannot be read, is not a regular file or is
+    too large, an `#include` matches no file, includes nest more than 10 deep, form a cycle or
+    read more than `limits` allow, or an `(+)` section adds to nothing. A `#tryinclude` that
+    matches nothing is skipped; `#exec` is recorded in `Tree.execs`, not run.
     """
-    loader = _Loader(top.parent if config_dir is None else config_dir)
+    loader = _Loader(top.parent if config_dir is None else config_dir, limits)
     loader.load(top, (), None, None, (top.resolve(),))
     return Tree(top, loader.sections, tuple(loader.execs))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import stat
 import subprocess
 import sys
@@ -236,3 +237,109 @@ def test_a_state_file_of_the_wrong_shape_is_unknown(state: str, form: str, lab: 
     finished = run_ipwatch("status", *(["--json"] if form == "json" else []), state_dir=lab)
     assert (finished.returncode, finished.stderr) == (3, "")
     assert f"{lab / 'state.json'} is damaged; move it away" in finished.stdout
+
+
+# --- 5. a FIFO, a device or a huge file as a config file ------------------------------------
+
+
+def plan_config(directory: Path, target: Path) -> Path:
+    return apply_config(directory, target)
+
+
+def test_a_fifo_as_pjsip_conf_does_not_hang_plan(lab: Path) -> None:
+    etc = lab / "etc"
+    etc.mkdir()
+    os.mkfifo(etc / "pjsip.conf")
+    finished = run_ipwatch("plan", config=plan_config(lab, etc / "pjsip.conf"), timeout=20)
+    assert (finished.returncode, finished.stderr) == (
+        78,
+        f"ipwatch: {etc / 'pjsip.conf'}: is a FIFO, not a regular file; point the target at"
+        " Asterisk's real config file\n",
+    )
+
+
+def test_a_fifo_swapped_in_for_an_included_file_does_not_hang_plan(
+    lab: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An include that is a FIFO by the time it is read, though isfile() saw a regular file."""
+    from ipwatch.asterisk import conf
+    from ipwatch.errors import ConfFileError
+
+    etc = lab / "etc"
+    etc.mkdir()
+    (etc / "pjsip.conf").write_text("#include transports.conf\n")
+    os.mkfifo(etc / "transports.conf")
+    monkeypatch.setattr(os.path, "isfile", lambda name: True)
+
+    def hung(signal_number: int, frame: object) -> None:
+        raise TimeoutError("load_tree blocked on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        with pytest.raises(ConfFileError, match="transports.conf: is a FIFO, not a regular file"):
+            conf.load_tree(etc / "pjsip.conf")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_dev_zero_as_pjsip_conf_does_not_exhaust_memory(lab: Path) -> None:
+    config = plan_config(lab, Path("/dev/zero"))
+    finished = run_ipwatch("plan", config=config, wrapper=["prlimit", "--as=1000000000"])
+    assert (finished.returncode, finished.stderr) == (
+        78,
+        "ipwatch: /dev/zero: is a character device, not a regular file; point the target at"
+        " Asterisk's real config file\n",
+    )
+
+
+def test_a_huge_pjsip_conf_is_refused_before_it_is_read(lab: Path) -> None:
+    etc = lab / "etc"
+    etc.mkdir()
+    with (etc / "pjsip.conf").open("wb") as file:
+        file.write(PJSIP.encode())
+        file.truncate(200 * 1024 * 1024)  # sparse
+    config = plan_config(lab, etc / "pjsip.conf")
+    finished = run_ipwatch("plan", config=config, wrapper=["prlimit", "--as=400000000"])
+    assert (finished.returncode, finished.stderr) == (
+        78,
+        f"ipwatch: {etc / 'pjsip.conf'}: is 200 MiB, more than the 16 MiB ipwatch reads from one"
+        " config file; check that the target names the right file\n",
+    )
+
+
+# --- 6. include fan-out ---------------------------------------------------------------------
+
+
+def test_diamond_includes_are_bounded_with_the_chain_named(lab: Path) -> None:
+    etc = lab / "etc"
+    etc.mkdir()
+    width, depth = 4, 10
+    for level in range(depth):
+        for index in range(width):
+            below = (
+                "".join(f"#include l{level + 1}-{i}.conf\n" for i in range(width))
+                if level + 1 < depth
+                else ""
+            )
+            (etc / f"l{level}-{index}.conf").write_text(f"; level {level}\n{below}")
+    (etc / "pjsip.conf").write_text(PJSIP + "".join(f"#include l0-{i}.conf\n" for i in range(4)))
+    finished = run_ipwatch("plan", config=plan_config(lab, etc / "pjsip.conf"), timeout=20)
+    assert finished.returncode == 78, finished.stderr
+    chain = f"{etc / 'pjsip.conf'} line 9 -> l0-0.conf line 2 -> l1-0.conf line 2 -> "
+    assert finished.stderr.startswith(f"ipwatch: {chain}"), finished.stderr
+    assert finished.stderr.endswith(
+        ": these includes read more than 1000 files (Asterisk reads a file again each time it is"
+        " included); include each file once\n"
+    )
+
+
+def test_a_file_included_twice_is_still_read_twice(lab: Path) -> None:
+    """Asterisk reads it again at each #include, into the section current there."""
+    from ipwatch.asterisk.conf import load_tree
+
+    (lab / "media.conf").write_text(f"external_media_address = {OLD}\n")
+    (lab / "pjsip.conf").write_text("[one]\n#include media.conf\n[two]\n#include media.conf\n")
+    found = load_tree(lab / "pjsip.conf").find("external_media_address")
+    assert [option.section.name for option in found if option.section] == ["one", "two"]
