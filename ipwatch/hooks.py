@@ -11,6 +11,15 @@ The environment is not the daemon's: under systemd that holds `CREDENTIALS_DIREC
 `PATH` (the daemon's, so `Environment=PATH=...` in the unit or a test's PATH reaches hooks), the
 identity and locale variables in `PASSED_THROUGH`, and the `IPWATCH_*` variables.
 
+A hook is trusted only if nobody else could swap it between the check and the run. Its path is
+resolved here, one name at a time from `/`, without letting the kernel follow anything: every
+directory passed through must be owned by root or ipwatch's user and not writable by group or
+others (OpenSSH's StrictModes; a sticky directory such as /tmp is allowed, since there others
+cannot rename an entry they do not own), and so must every symbolic link read on the way and the
+file itself. Then no other user can change what the path names, and the hook is executed by that
+path: executing /proc/self/fd/N instead would give scripts `$0` = /proc/self/fd/N, breaking the
+`HOOK EVENT` contract.
+
 Each hook runs in a session of its own: at `hooks.timeout` its whole process group gets SIGTERM,
 `kill_grace` seconds later SIGKILL, and processes it leaves behind when it exits are ended the
 same way (work meant to outlive a hook must detach itself, e.g. with systemd-run).
@@ -28,6 +37,7 @@ import stat
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from ipwatch.redact import mask_userinfo
@@ -54,6 +64,9 @@ SKIPPED_PARTS = ("~", ".dpkg-", ".rpm", ".swp")  # editor and package-manager le
 _CHUNK = 65536  # a pipe's default capacity
 _POLL = 0.05  # how often a group whose leader has exited is looked at
 _AFTER_KILL = 1.0  # only a process stuck in the kernel outlives SIGKILL longer than this
+# O_PATH: a directory ipwatch's user may only traverse can still be checked.
+_DIRECTORY = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_LINKS = 40  # the kernel's own limit (MAXSYMLINKS)
 
 
 @dataclass(frozen=True)
@@ -201,8 +214,83 @@ def discover(directory: str) -> tuple[list[Hook], str]:
         if not stat.S_ISREG(target.st_mode) or not os.access(path, os.X_OK):
             log.debug("hook %s: skipped (not an executable regular file)", name)
             continue
-        hooks.append(Hook(name, path, unsafe or _unsafe(target, "it", path)))
+        hooks.append(Hook(name, path, unsafe or _distrust(path)))
     return hooks, ""
+
+
+class _Untrusted(Exception):
+    """Why a hook must not run, as one sentence."""
+
+
+def _distrust(path: str) -> str:
+    """Why the hook at `path` must not run, checked as the module's docstring says; empty when
+    it may."""
+    try:
+        _resolve_trusted(os.path.abspath(path))
+    except _Untrusted as untrusted:
+        return str(untrusted)
+    except OSError as error:
+        return f"{path} cannot be checked ({error.strerror}); it runs once it can"
+    return ""
+
+
+def _resolve_trusted(path: str) -> None:
+    """Follow `path` name by name from `/`; raise _Untrusted at the first thing not trusted."""
+    pending = list(Path(path).parts[1:])
+    where = Path("/")
+    directory = os.open(where, _DIRECTORY)
+    links = 0
+    try:
+        _trust(os.fstat(directory), f"directory {where}", where)
+        while pending:
+            name = pending.pop(0)
+            found = os.stat(name, dir_fd=directory, follow_symlinks=False)
+            if stat.S_ISLNK(found.st_mode):
+                # Read inside a trusted directory, from a link nobody else owns: it stays put.
+                _trust(found, f"symbolic link {where / name}", where / name)
+                links += 1
+                if links > _MAX_LINKS:
+                    raise _Untrusted(f"{path} goes through more than {_MAX_LINKS} links")
+                target = os.readlink(name, dir_fd=directory)
+                pending[:0] = Path(target).parts
+                if target.startswith("/"):
+                    pending.pop(0)
+                    where = Path("/")
+                    directory = _move(directory, "/", where)
+                continue
+            where = where.parent if name == ".." else where / name
+            if not pending:
+                if not stat.S_ISREG(found.st_mode):
+                    raise _Untrusted(f"{where} is not a regular file")
+                _trust(found, "it", where)
+                return
+            directory = _move(directory, name, where)
+    finally:
+        os.close(directory)
+
+
+def _move(directory: int, name: str, where: Path) -> int:
+    """_step, then close the directory moved from (left open for the caller if _step raises)."""
+    opened = _step(directory, name, where)
+    os.close(directory)
+    return opened
+
+
+def _step(directory: int, name: str, where: Path) -> int:
+    """Open `name` in `directory` and check it, as a directory on the way."""
+    opened = os.open(name, _DIRECTORY, dir_fd=directory)
+    try:
+        _trust(os.fstat(opened), f"directory {where}", where)
+    except BaseException:
+        os.close(opened)
+        raise
+    return opened
+
+
+def _trust(found: os.stat_result, what: str, path: Path) -> None:
+    problem = _unsafe(found, what, str(path))
+    if problem:
+        raise _Untrusted(problem)
 
 
 def _unsafe(found: os.stat_result, what: str, path: str) -> str:
@@ -214,7 +302,13 @@ def _unsafe(found: os.stat_result, what: str, path: str) -> str:
             f" root:root {path} && chmod 755 {path} so that only root can change it and"
             " ipwatch's user can run it"
         )
-    if found.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    sticky = stat.S_ISDIR(found.st_mode) and found.st_mode & stat.S_ISVTX
+    # A link's own mode is always 777 and means nothing.
+    if (
+        found.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        and not sticky
+        and not stat.S_ISLNK(found.st_mode)
+    ):
         return f"{what} is writable by group or others; chmod go-w {path}"
     return ""
 
@@ -275,6 +369,10 @@ def _run(
 ) -> HookResult:
     import subprocess
 
+    # Again, just before the run: the check is what makes running by name safe.
+    refused = _distrust(hook.path)
+    if refused:
+        return HookResult(hook.name, "refused", reason=refused)
     started = time.monotonic()
     try:
         process = subprocess.Popen(

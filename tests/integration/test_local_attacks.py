@@ -343,3 +343,82 @@ def test_a_file_included_twice_is_still_read_twice(lab: Path) -> None:
     (lab / "pjsip.conf").write_text("[one]\n#include media.conf\n[two]\n#include media.conf\n")
     found = load_tree(lab / "pjsip.conf").find("external_media_address")
     assert [option.section.name for option in found if option.section] == ["one", "two"]
+
+
+# --- a hook swapped between the check and the exec ------------------------------------------
+
+# The other user, exchanging two names for ever. The directory is opened before giving up root,
+# because pytest's own directories are closed to other users.
+SWAPPER = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+directory = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+one, other = (os.fsencode(name) for name in sys.argv[2:4])
+RENAME_EXCHANGE = 2
+os.setgid(65534)
+os.setuid(65534)
+assert libc.renameat2(directory, one, directory, other, RENAME_EXCHANGE) == 0
+print("ready", flush=True)
+while True:
+    libc.renameat2(directory, one, directory, other, RENAME_EXCHANGE)
+"""
+
+
+def test_a_hook_in_a_directory_another_user_owns_cannot_be_swapped_for_theirs(lab: Path) -> None:
+    need_root()
+    from ipwatch.config import HooksConfig
+    from ipwatch.hooks import run_hooks, synthetic_event
+
+    theirs = lab / "asterisk-owned"
+    theirs.mkdir()
+    give(theirs)
+    evidence = lab / "ran-as-root"
+    benign = theirs / "hook"
+    benign.write_text("#!/bin/sh\nexit 0\n")
+    benign.chmod(0o755)
+    evil = theirs / "evil"
+    evil.write_text(f"#!/bin/sh\necho pwned >{evidence}\n")
+    evil.chmod(0o755)
+    give(evil)
+    hooks = lab / "hooks.d"
+    hooks.mkdir()
+    (hooks / "10-hook").symlink_to(benign)
+    swapper = subprocess.Popen(
+        [sys.executable, "-c", SWAPPER, str(theirs), "hook", "evil"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert swapper.stdout is not None and swapper.stdout.readline() == "ready\n"
+        results = []
+        for _ in range(300):
+            results += run_hooks(HooksConfig(str(hooks), 5.0), synthetic_event("test"), "x")
+            if evidence.exists():
+                break
+    finally:
+        swapper.kill()
+        swapper.wait()
+        assert swapper.stdout is not None
+        swapper.stdout.close()
+    assert not evidence.exists(), "the other user's script ran as root"
+    reason = (
+        f"directory {theirs} is owned by uid {NOBODY}, not root or ipwatch's user; run chown"
+        f" root:root {theirs} && chmod 755 {theirs} so that only root can change it and"
+        " ipwatch's user can run it"
+    )
+    assert {(result.status, result.reason) for result in results} == {("refused", reason)}
+
+
+def test_a_hook_is_run_as_the_file_that_was_checked(lab: Path) -> None:
+    """A hook whose directories are all safe runs; it starts in hooks.dir and gets its event."""
+    from ipwatch.config import HooksConfig
+    from ipwatch.hooks import run_hooks, synthetic_event
+
+    hooks = lab / "hooks.d"
+    hooks.mkdir()
+    log = lab / "log"
+    (hooks / "10-hook").write_text(f'#!/bin/sh\necho "$1 $(pwd)" >{log}\n')
+    (hooks / "10-hook").chmod(0o755)
+    results = run_hooks(HooksConfig(str(hooks), 5.0), synthetic_event("test"), "x")
+    assert [(result.name, result.status) for result in results] == [("10-hook", "ok")]
+    assert log.read_text() == f"test {hooks}\n"
