@@ -104,6 +104,9 @@ class AsteriskConfig:
     console_socket: str = "/var/run/asterisk/asterisk.ctl"
     # AMI sends the secret in clear text: only a loopback host, unless the admin says otherwise.
     allow_remote_ami: bool = False
+    # The user Asterisk runs as: the AMI listener and the control socket's peer must be it or
+    # root, so a local impostor on a free port is never sent a login or believed.
+    user: str = "asterisk"
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,11 @@ from ipwatch.asterisk.link import (
     Link,
     open_link,
 )
+from ipwatch.asterisk.peer import AsteriskImpostor
 from ipwatch.asterisk.targets import TargetPlan
 from ipwatch.config import AsteriskConfig, Config, TargetConfig
 from ipwatch.decide import Decision
-from ipwatch.errors import IpwatchError
+from ipwatch.errors import ConfigError, IpwatchError
 from ipwatch.files import Applied, apply_changes, backup_path, clean_stale_temp_files, restore
 from ipwatch.observe import observe
 from ipwatch.plan import Loaded, Plan, make_plan
@@ -143,7 +144,15 @@ def converge(
     fresh = _unannounced(decisions, writer.current)
     for family in decisions:
         result[family]["changed"] = family in fresh
-    asterisk = Asterisk.of(config, the_plan.targets, ask) if addresses else None
+    try:
+        asterisk = Asterisk.of(config, the_plan.targets, ask) if addresses else None
+    except ConfigError as error:
+        # No secret: Asterisk cannot be asked, and `status` must not say OK meanwhile.
+        unasked: dict[str, Any] = {
+            "running": {"in_sync": None, "problems": [], "error": str(error)}
+        }
+        writer.save({**writer.current, "asterisk": _running_state(writer.current, unasked, config)})
+        raise
     if asterisk is not None and (the_plan.in_sync or not write):
         result["running"] = asterisk.running()
         result["in_sync"] = the_plan.in_sync and result["running"]["in_sync"] is True
@@ -328,16 +337,16 @@ class Asterisk:
 
     def preflight(self) -> str | None:
         """Why telling Asterisk would fail after the write (a refused login, a missing
-        privilege), or None. One rule: what can be found before writing leaves the files as
-        they are. Asterisk not running is no such reason: it reads the new files when it
-        starts, and the reload stays pending meanwhile."""
+        privilege, an impostor on Asterisk's port or socket), or None. One rule: what can be
+        found before writing leaves the files as they are. Asterisk not running is no such
+        reason: it reads the new files when it starts, and the reload stays pending meanwhile."""
         try:
             link = self.connect()
             try:
                 link.command("core show version", control.COMMAND_TIMEOUT)
             finally:
                 link.close()
-        except (AsteriskAuthError, AsteriskPermissionError) as error:
+        except (AsteriskAuthError, AsteriskPermissionError, AsteriskImpostor) as error:
             return f"{error}; nothing was changed"
         except AsteriskError:
             pass

@@ -67,14 +67,6 @@ def _family_problems(family: str, entry: dict[str, Any]) -> list[tuple[int, str]
         problems.append(
             (WARNING, f"{family}: last round did not confirm {entry['address']} ({what})")
         )
-    elif entry.get("announced") != entry["address"]:
-        problems.append(
-            (
-                WARNING,
-                f"{family}: {entry['address']} is confirmed but not applied yet;"
-                " run `ipwatch check --apply` or start the daemon",
-            )
-        )
     for source in entry.get("sources") or []:
         if source.get("error"):
             problems.append(

@@ -17,6 +17,7 @@ connection that fails after a request was written is not retried: Asterisk may h
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import logging
 import re
@@ -39,6 +40,7 @@ from ipwatch.asterisk.link import (
     strip_escapes,
     version_from_cli,
 )
+from ipwatch.asterisk.peer import check_tcp
 
 _log = logging.getLogger(__name__)
 
@@ -180,9 +182,18 @@ class AmiLink:
     """
 
     def __init__(
-        self, host: str, port: int, username: str, secret: str, *, max_reply: int = MAX_REPLY
+        self,
+        host: str,
+        port: int,
+        username: str,
+        secret: str,
+        *,
+        max_reply: int = MAX_REPLY,
+        user: str | None = None,
     ) -> None:
         self.host = host
+        # Asterisk's user: the listener must belong to it or to root before the login is sent.
+        self._user = user
         self.port = port
         self.username = username
         self._secret = secret
@@ -311,6 +322,12 @@ class AmiLink:
             raise AsteriskUnavailable(
                 f"cannot connect to {self.where}: {error.strerror or error}"
             ) from None
+        if self._user is not None:
+            try:
+                check_tcp(sock, self._user, self.where)
+            except AsteriskError:
+                sock.close()
+                raise
         self._wire = _Wire(sock, self.where, self._max_reply)
         self._version = None
         try:
@@ -330,9 +347,18 @@ class AmiLink:
         _log.debug("%s: %s", self.where, banner)
 
     def _login(self, call: _Call) -> None:
+        """Log in with manager.c's MD5 challenge, so the secret itself never goes on the wire:
+        `Challenge` gives a random string, `Login` answers md5(challenge + secret)."""
         assert self._wire is not None
         action_id = f"ipwatch-{next(self._ids)}"
-        fields = {"Username": self.username, "Secret": self._secret, "Events": "off"}
+        self._wire.send(_encode("Challenge", {"AuthType": "MD5"}, action_id), call)
+        reply = self._await(action_id, call)
+        challenge = reply.get("Challenge")
+        if (reply.get("Response") or "").lower() != "success" or not challenge:
+            raise self._refusal("Challenge", reply)
+        key = hashlib.md5((challenge + self._secret).encode(), usedforsecurity=False).hexdigest()
+        action_id = f"ipwatch-{next(self._ids)}"
+        fields = {"AuthType": "MD5", "Username": self.username, "Key": key, "Events": "off"}
         self._wire.send(_encode("Login", fields, action_id), call)
         reply = self._await(action_id, call)
         if (reply.get("Response") or "").lower() != "success":

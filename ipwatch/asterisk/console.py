@@ -29,6 +29,7 @@ from ipwatch.asterisk.link import (
     seconds,
     strip_escapes,
 )
+from ipwatch.asterisk.peer import check_unix
 
 QUIT_AFTER = b"cli quit after "
 CONSOLE_BUFFER = 512  # netconsole's inbuf; one byte stays for the terminating NUL
@@ -42,9 +43,11 @@ _LINES = re.compile(rb"[^\n]*\n|[^\n]+")
 class ConsoleLink:
     """`asterisk -rx` over the control socket at `path`; holds no connection between calls."""
 
-    def __init__(self, path: str, *, max_output: int = MAX_OUTPUT) -> None:
+    def __init__(self, path: str, *, max_output: int = MAX_OUTPUT, user: str | None = None) -> None:
         self.path = path
         self._max_output = max_output
+        # Asterisk's user: the process at the other end must run as it or as root.
+        self._user = user
 
     def __repr__(self) -> str:
         return f"ConsoleLink({self.path!r})"
@@ -114,6 +117,12 @@ class ConsoleLink:
                 f"cannot connect to Asterisk's control socket {self.path}: "
                 f"{error.strerror or error}"
             ) from None
+        if self._user is not None:
+            try:
+                check_unix(sock, self._user, f"the control socket {self.path}")
+            except AsteriskError:
+                sock.close()
+                raise
         return sock
 
     def _greeting(self, sock: socket.socket, deadline: float, timeout: float) -> tuple[str, bytes]:

@@ -87,11 +87,11 @@ def open_link(config: AsteriskConfig, secret: str | None) -> Link:
         from ipwatch.asterisk.ami import AmiLink
 
         ami = config.ami
-        return AmiLink(ami.host, ami.port, ami.username, secret)
+        return AmiLink(ami.host, ami.port, ami.username, secret, user=config.user)
     if config.control == "console":
         from ipwatch.asterisk.console import ConsoleLink
 
-        return ConsoleLink(config.console_socket)
+        return ConsoleLink(config.console_socket, user=config.user)
     raise AsteriskError('asterisk.control is "none": ipwatch does not talk to Asterisk')
 
 

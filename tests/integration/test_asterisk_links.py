@@ -147,7 +147,7 @@ def test_ami_version_comes_from_core_show_version_without_the_system_privilege(
     with contextlib.closing(ami(server)) as link:
         assert link.version() == "18.20.0"
         assert link.version() == "18.20.0"  # asked once per connection
-    assert server.actions() == ["Login", "CoreSettings", "Command", "Logoff"]
+    assert server.actions() == ["Challenge", "Login", "CoreSettings", "Command", "Logoff"]
     assert server.commands() == ["core show version"]
 
 
@@ -183,18 +183,28 @@ def test_a_failed_command_returns_its_output_as_asterisk_rx_does(
 # ---------------------------------------------------------------------------------------------
 
 
-def test_ami_login_is_the_recorded_clients_with_events_off(test_asterisk: AsteriskServer) -> None:
+def test_ami_logs_in_by_md5_challenge_and_never_sends_the_secret(
+    test_asterisk: AsteriskServer,
+) -> None:
     with contextlib.closing(ami(test_asterisk)) as link:
         link.command("core show version", DEADLINE)
-    login = test_asterisk.received[0]
+    challenge, login = test_asterisk.received[:2]
+    assert dict(challenge.headers) == {
+        "Action": "Challenge",
+        "AuthType": "MD5",
+        "ActionID": "ipwatch-1",
+    }
     assert [key for key, _ in login.headers] == [
         "Action",
+        "AuthType",
         "Username",
-        "Secret",
+        "Key",
         "Events",
         "ActionID",
     ]
     assert dict(login.headers)["Events"] == "off"
+    sent = "".join(f"{k}: {v}\n" for message in test_asterisk.received for k, v in message.headers)
+    assert DEFAULT_SECRET not in sent and "Secret" not in sent
 
 
 def test_ami_skips_events_and_stale_responses_between_the_answers(
