@@ -97,7 +97,7 @@ def _lab_figures(skipped: str | None) -> list[Figure]:
     from tests.lab import measure
 
     method = "{} changes of the router's WAN address in the netns NAT lab (coturn x2, NAT-PMP, "
-    method += "UPnP), from the change until the test Asterisk shows the new address"
+    method += "UPnP), from the change until the stand-in Asterisk shows the new address"
     figures = []
     for (name, goal), trigger in zip(rows[:2], (False, True), strict=True):
         progress(f"NAT lab: {LAB_CHANGES} WAN changes, {'trigger' if trigger else 'polling'}")

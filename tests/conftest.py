@@ -6,7 +6,7 @@ pytest_plugins = [
     "tests.peers.knot",
     "tests.peers.ddns_http",
     "tests.peers.http",
-    "tests.peers.asterisk",
+    "tests.peers.stand_in",
     "tests.peers.real_asterisk",
     "tests.peers.sip_probe",
     "tests.peers.notify",

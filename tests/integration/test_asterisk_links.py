@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ipwatch.asterisk.ami import AmiLink
+from ipwatch.asterisk.ami import MAX_REPLY, AmiLink
 from ipwatch.asterisk.console import ConsoleLink, clean_output
 from ipwatch.asterisk.link import (
     AsteriskAuthError,
@@ -31,13 +31,13 @@ from ipwatch.asterisk.link import (
     strip_escapes,
 )
 from ipwatch.config import AmiConfig, AsteriskConfig
-from tests.peers.asterisk import (
+from tests.peers.stand_in import (
     DEFAULT_SECRET,
     DEFAULT_USER,
     RECORDED_PJSIP_CONF,
     AmiUser,
-    AsteriskFactory,
-    AsteriskServer,
+    StandInAsterisk,
+    StandInFactory,
 )
 from tests.support import ipv6_loopback_available, missing, wait_until
 
@@ -47,8 +47,8 @@ RECORDED = Path(__file__).resolve().parents[1] / "data" / "asterisk" / "asterisk
 TRANSPORT = "pjsip show transport transport-udp-nat"
 DEADLINE = 5.0
 KINDS = ("ami", "console")
-FAST_LOGIN_FAILURE = 0.05  # the test Asterisk's stand-in for manager.c's 1 s sleep
-MakeLink = Callable[[AsteriskServer, str], Link]
+FAST_LOGIN_FAILURE = 0.05  # the stand-in Asterisk's stand-in for manager.c's 1 s sleep
+MakeLink = Callable[[StandInAsterisk, str], Link]
 
 
 def recorded_output(name: str) -> str:
@@ -61,10 +61,10 @@ def recorded_output(name: str) -> str:
 
 @pytest.fixture
 def make_link() -> Iterator[MakeLink]:
-    """Links to a test Asterisk, closed at teardown."""
+    """Links to a stand-in Asterisk, closed at teardown."""
     links: list[Link] = []
 
-    def make(server: AsteriskServer, kind: str) -> Link:
+    def make(server: StandInAsterisk, kind: str) -> Link:
         link: Link = ami(server) if kind == "ami" else ConsoleLink(str(server.console_path))
         links.append(link)
         return link
@@ -74,11 +74,13 @@ def make_link() -> Iterator[MakeLink]:
         link.close()
 
 
-def ami(server: AsteriskServer, secret: str = DEFAULT_SECRET, **options: int) -> AmiLink:
-    return AmiLink(server.host, server.ami_port, DEFAULT_USER, secret, **options)
+def ami(
+    server: StandInAsterisk, secret: str = DEFAULT_SECRET, max_reply: int = MAX_REPLY
+) -> AmiLink:
+    return AmiLink(server.host, server.ami_port, DEFAULT_USER, secret, max_reply=max_reply)
 
 
-def logins(server: AsteriskServer) -> int:
+def logins(server: StandInAsterisk) -> int:
     return server.actions().count("Login")
 
 
@@ -102,23 +104,23 @@ def logins(server: AsteriskServer) -> int:
     ],
 )
 def test_command_output_is_what_asterisk_rx_printed(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
     make_link: MakeLink,
     kind: str,
     chunk_size: int | None,
     command: str,
     recording: str,
 ) -> None:
-    server = test_asterisk_factory(chunk_size=chunk_size)
+    server = stand_in_factory(chunk_size=chunk_size)
     assert make_link(server, kind).command(command, DEADLINE) == recorded_output(recording)
 
 
 def test_both_links_see_the_new_address_after_a_reload(
-    test_asterisk: AsteriskServer, make_link: MakeLink
+    stand_in: StandInAsterisk, make_link: MakeLink
 ) -> None:
     """cli_09: the recorded transport after external_* changed and res_pjsip was reloaded."""
-    links = [make_link(test_asterisk, kind) for kind in KINDS]
-    pjsip_conf = test_asterisk.config_dir / "pjsip.conf"
+    links = [make_link(stand_in, kind) for kind in KINDS]
+    pjsip_conf = stand_in.config_dir / "pjsip.conf"
     before = pjsip_conf.stat().st_mtime_ns
     pjsip_conf.write_text(RECORDED_PJSIP_CONF.replace("198.51.100.5", "203.0.113.77"))
     os.utime(pjsip_conf, ns=(before + 1_000_000, before + 1_000_000))
@@ -132,16 +134,16 @@ def test_both_links_see_the_new_address_after_a_reload(
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("version", ["16.10.0", "18.20.0", "20.11.0", "22.10.1", "13.38.3"])
 def test_version_is_detected(
-    test_asterisk_factory: AsteriskFactory, make_link: MakeLink, kind: str, version: str
+    stand_in_factory: StandInFactory, make_link: MakeLink, kind: str, version: str
 ) -> None:
-    server = test_asterisk_factory(version=version)
+    server = stand_in_factory(version=version)
     assert make_link(server, kind).version() == version
 
 
 def test_ami_version_comes_from_core_show_version_without_the_system_privilege(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
-    server = test_asterisk_factory(
+    server = stand_in_factory(
         version="18.20.0", users={DEFAULT_USER: AmiUser(DEFAULT_SECRET, write="command")}
     )
     with contextlib.closing(ami(server)) as link:
@@ -152,11 +154,11 @@ def test_ami_version_comes_from_core_show_version_without_the_system_privilege(
 
 
 def test_asterisk_13_answers_command_with_follows_and_end_command(
-    test_asterisk_factory: AsteriskFactory, make_link: MakeLink
+    stand_in_factory: StandInFactory, make_link: MakeLink
 ) -> None:
     """manager.c <= 13: `Response: Follows`, raw text, `--END COMMAND--`; the output has
     empty lines and `Key: value`-looking lines that must not end or join the headers."""
-    server = test_asterisk_factory(version="13.38.3", chunk_size=1)
+    server = stand_in_factory(version="13.38.3", chunk_size=1)
     link = make_link(server, "ami")
     assert link.command(TRANSPORT, DEADLINE) == recorded_output(
         "cli_03_pjsip_show_transport_before.txt"
@@ -171,9 +173,9 @@ def test_asterisk_13_answers_command_with_follows_and_end_command(
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_failed_command_returns_its_output_as_asterisk_rx_does(
-    test_asterisk: AsteriskServer, make_link: MakeLink, kind: str
+    stand_in: StandInAsterisk, make_link: MakeLink, kind: str
 ) -> None:
-    assert make_link(test_asterisk, kind).command("foo bar", DEADLINE) == (
+    assert make_link(stand_in, kind).command("foo bar", DEADLINE) == (
         "No such command 'foo bar' (type 'core show help foo' for other possible commands)"
     )
 
@@ -184,11 +186,11 @@ def test_a_failed_command_returns_its_output_as_asterisk_rx_does(
 
 
 def test_ami_logs_in_by_md5_challenge_and_never_sends_the_secret(
-    test_asterisk: AsteriskServer,
+    stand_in: StandInAsterisk,
 ) -> None:
-    with contextlib.closing(ami(test_asterisk)) as link:
+    with contextlib.closing(ami(stand_in)) as link:
         link.command("core show version", DEADLINE)
-    challenge, login = test_asterisk.received[:2]
+    challenge, login = stand_in.received[:2]
     assert dict(challenge.headers) == {
         "Action": "Challenge",
         "AuthType": "MD5",
@@ -203,16 +205,16 @@ def test_ami_logs_in_by_md5_challenge_and_never_sends_the_secret(
         "ActionID",
     ]
     assert dict(login.headers)["Events"] == "off"
-    sent = "".join(f"{k}: {v}\n" for message in test_asterisk.received for k, v in message.headers)
+    sent = "".join(f"{k}: {v}\n" for message in stand_in.received for k, v in message.headers)
     assert DEFAULT_SECRET not in sent and "Secret" not in sent
 
 
 def test_ami_skips_events_and_stale_responses_between_the_answers(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
     """An event may carry the ActionID of the action it belongs to (CoreShowChannel does): only
     a Response with our ActionID is the answer."""
-    server = test_asterisk_factory(chunk_size=1)
+    server = stand_in_factory(chunk_size=1)
     server.chatter_ignores_event_mask = True
     server.chatter = [
         "Event: CoreShowChannel\r\nActionID: ipwatch-2\r\nChannel: PJSIP/peer1-00000001\r\n\r\n",
@@ -229,42 +231,42 @@ def test_ami_skips_events_and_stale_responses_between_the_answers(
 
 
 def test_ami_events_queued_between_calls_do_not_cost_a_reconnect(
-    test_asterisk: AsteriskServer,
+    stand_in: StandInAsterisk,
 ) -> None:
-    with contextlib.closing(ami(test_asterisk)) as link:
+    with contextlib.closing(ami(stand_in)) as link:
         link.command("core show version", DEADLINE)
-        assert test_asterisk.inject_event("Event: Reload\r\nModule: res_pjsip.so", force=True) == 1
+        assert stand_in.inject_event("Event: Reload\r\nModule: res_pjsip.so", force=True) == 1
         assert link.command("core show channels count", DEADLINE).endswith("0 calls processed")
-    assert logins(test_asterisk) == 1
+    assert logins(stand_in) == 1
 
 
 def test_ami_reply_larger_than_the_limit_is_refused_not_buffered(
-    test_asterisk: AsteriskServer,
+    stand_in: StandInAsterisk,
 ) -> None:
-    test_asterisk.chatter_ignores_event_mask = True
-    test_asterisk.chatter = ["Event: Flood\r\nData: " + "x" * 200_000 + "\r\n\r\n"]
-    with contextlib.closing(ami(test_asterisk, max_reply=64 * 1024)) as link:
+    stand_in.chatter_ignores_event_mask = True
+    stand_in.chatter = ["Event: Flood\r\nData: " + "x" * 200_000 + "\r\n\r\n"]
+    with contextlib.closing(ami(stand_in, max_reply=64 * 1024)) as link:
         with pytest.raises(AsteriskProtocolError) as raised:
             link.command("core show version", DEADLINE)
         assert str(raised.value) == (
-            f"Asterisk's manager interface at 127.0.0.1:{test_asterisk.ami_port} sent more than "
+            f"Asterisk's manager interface at 127.0.0.1:{stand_in.ami_port} sent more than "
             "64 KiB in one message while ipwatch waited for `core show version`"
         )
-        test_asterisk.chatter = []
+        stand_in.chatter = []
         assert link.version() == "22.10.1"
-    assert logins(test_asterisk) == 2
+    assert logins(stand_in) == 2
 
 
-def test_console_output_larger_than_the_limit_is_refused(test_asterisk: AsteriskServer) -> None:
-    link = ConsoleLink(str(test_asterisk.console_path), max_output=1024)
+def test_console_output_larger_than_the_limit_is_refused(stand_in: StandInAsterisk) -> None:
+    link = ConsoleLink(str(stand_in.console_path), max_output=1024)
     with pytest.raises(AsteriskProtocolError, match="more than 1 KiB"):
         link.command(TRANSPORT, DEADLINE)
 
 
 def test_the_generic_action_returns_the_response_headers(
-    test_asterisk: AsteriskServer,
+    stand_in: StandInAsterisk,
 ) -> None:
-    with contextlib.closing(ami(test_asterisk)) as link:
+    with contextlib.closing(ami(stand_in)) as link:
         status = link.action("CoreStatus")
         assert list(status)[:3] == ["Response", "ActionID", "CoreStartupDate"]
         assert link.action("CoreSettings")["AMIversion"] == "11.0.0"
@@ -274,7 +276,7 @@ def test_the_generic_action_returns_the_response_headers(
         assert str(raised.value).endswith("refused the Reload action: No such module")
         with pytest.raises(AsteriskError, match="contains a line break"):
             link.action("Reload", Module="res_pjsip.so\r\nAction: Logoff")
-    assert test_asterisk.actions().count("Reload") == 2  # the one with a line break was not sent
+    assert stand_in.actions().count("Reload") == 2  # the one with a line break was not sent
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,9 +286,9 @@ def test_the_generic_action_returns_the_response_headers(
 
 @pytest.mark.parametrize("fault", ["wrong secret", "refused"])
 def test_a_refused_login_is_one_sentence_without_the_secret(
-    test_asterisk_factory: AsteriskFactory, fault: str
+    stand_in_factory: StandInFactory, fault: str
 ) -> None:
-    server = test_asterisk_factory(failed_login_delay=FAST_LOGIN_FAILURE)
+    server = stand_in_factory(failed_login_delay=FAST_LOGIN_FAILURE)
     server.faults.refuse_login = fault == "refused"
     secret = "not-the-secret" if fault == "wrong secret" else DEFAULT_SECRET
     with contextlib.closing(ami(server, secret)) as link:
@@ -304,9 +306,9 @@ def test_a_refused_login_is_one_sentence_without_the_secret(
 
 
 def test_ami_without_the_command_privilege_says_what_to_add(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
-    server = test_asterisk_factory(
+    server = stand_in_factory(
         users={DEFAULT_USER: AmiUser(DEFAULT_SECRET, write="system,reporting")}
     )
     with contextlib.closing(ami(server)) as link:
@@ -320,8 +322,8 @@ def test_ami_without_the_command_privilege_says_what_to_add(
     assert logins(server) == 1
 
 
-def test_ami_without_the_system_privilege_names_it(test_asterisk_factory: AsteriskFactory) -> None:
-    server = test_asterisk_factory(users={DEFAULT_USER: AmiUser(DEFAULT_SECRET, write="command")})
+def test_ami_without_the_system_privilege_names_it(stand_in_factory: StandInFactory) -> None:
+    server = stand_in_factory(users={DEFAULT_USER: AmiUser(DEFAULT_SECRET, write="command")})
     with contextlib.closing(ami(server)) as link, pytest.raises(AsteriskPermissionError) as raised:
         link.action("Reload", Module="res_pjsip.so")
     assert str(raised.value).endswith("add system (or config) to its write= line in manager.conf")
@@ -329,10 +331,10 @@ def test_ami_without_the_system_privilege_names_it(test_asterisk_factory: Asteri
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_hung_command_times_out_at_the_deadline(
-    test_asterisk: AsteriskServer, make_link: MakeLink, kind: str
+    stand_in: StandInAsterisk, make_link: MakeLink, kind: str
 ) -> None:
-    test_asterisk.faults.hang_commands = ("pjsip show transport",)
-    link = make_link(test_asterisk, kind)
+    stand_in.faults.hang_commands = ("pjsip show transport",)
+    link = make_link(stand_in, kind)
     link.command("core show version", DEADLINE)
     started = time.monotonic()
     with pytest.raises(AsteriskTimeout) as raised:
@@ -344,59 +346,59 @@ def test_a_hung_command_times_out_at_the_deadline(
     assert link.command("core show channels count", DEADLINE).startswith("0 active channels")
 
 
-def test_ami_timeout_names_the_manager_interface(test_asterisk: AsteriskServer) -> None:
-    test_asterisk.faults.hang_commands = ("pjsip show transport",)
-    with contextlib.closing(ami(test_asterisk)) as link, pytest.raises(AsteriskTimeout) as raised:
+def test_ami_timeout_names_the_manager_interface(stand_in: StandInAsterisk) -> None:
+    stand_in.faults.hang_commands = ("pjsip show transport",)
+    with contextlib.closing(ami(stand_in)) as link, pytest.raises(AsteriskTimeout) as raised:
         link.command(TRANSPORT, 0.2)
     assert str(raised.value) == (
-        f"Asterisk's manager interface at 127.0.0.1:{test_asterisk.ami_port} did not answer "
+        f"Asterisk's manager interface at 127.0.0.1:{stand_in.ami_port} did not answer "
         f"`{TRANSPORT}` within 0.2 s"
     )
 
 
 def test_ami_dropped_mid_answer_is_reported_and_not_repeated(
-    test_asterisk: AsteriskServer,
+    stand_in: StandInAsterisk,
 ) -> None:
     """The command may have run: it is not sent again; the next call reconnects."""
-    test_asterisk.faults.drop_commands = ("pjsip show transport",)
-    with contextlib.closing(ami(test_asterisk)) as link:
+    stand_in.faults.drop_commands = ("pjsip show transport",)
+    with contextlib.closing(ami(stand_in)) as link:
         with pytest.raises(AsteriskDropped) as raised:
             link.command(TRANSPORT, DEADLINE)
         assert str(raised.value) == (
-            f"Asterisk's manager interface at 127.0.0.1:{test_asterisk.ami_port} closed the "
+            f"Asterisk's manager interface at 127.0.0.1:{stand_in.ami_port} closed the "
             f"connection before answering `{TRANSPORT}`"
         )
-        assert test_asterisk.commands() == [TRANSPORT]
+        assert stand_in.commands() == [TRANSPORT]
         assert link.version() == "22.10.1"
-    assert logins(test_asterisk) == 2
+    assert logins(stand_in) == 2
 
 
-def test_console_cut_short_looks_like_a_short_output(test_asterisk: AsteriskServer) -> None:
+def test_console_cut_short_looks_like_a_short_output(stand_in: StandInAsterisk) -> None:
     """The console protocol ends at EOF and has no end marker: a dropped connection cannot be
     told from the end of the output, so callers must check what they parse."""
-    test_asterisk.faults.drop_commands = ("core show channels",)
-    link = ConsoleLink(str(test_asterisk.console_path))
+    stand_in.faults.drop_commands = ("core show channels",)
+    link = ConsoleLink(str(stand_in.console_path))
     assert link.command("core show channels count", DEADLINE) == "0 active channels"
 
 
-def test_ami_reconnects_once_after_asterisk_restarted(test_asterisk: AsteriskServer) -> None:
-    with contextlib.closing(ami(test_asterisk)) as link:
+def test_ami_reconnects_once_after_asterisk_restarted(stand_in: StandInAsterisk) -> None:
+    with contextlib.closing(ami(stand_in)) as link:
         assert link.version() == "22.10.1"
-        test_asterisk.halt()
-        test_asterisk.version = "22.11.0"
-        test_asterisk.boot()
+        stand_in.halt()
+        stand_in.version = "22.11.0"
+        stand_in.boot()
         assert link.command("core show version", DEADLINE).startswith("Asterisk 22.11.0 built")
         assert link.version() == "22.11.0"
-        assert logins(test_asterisk) == 2
-        test_asterisk.halt()
+        assert logins(stand_in) == 2
+        stand_in.halt()
         with pytest.raises(AsteriskUnavailable):
             link.command("core show version", DEADLINE)
 
 
 def test_core_restart_now_drops_ami_and_the_link_comes_back(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
-    server = test_asterisk_factory(restart_downtime=0.05)
+    server = stand_in_factory(restart_downtime=0.05)
     with contextlib.closing(ami(server)) as link:
         with pytest.raises(AsteriskDropped):
             link.command("core restart now", DEADLINE)
@@ -405,8 +407,8 @@ def test_core_restart_now_drops_ami_and_the_link_comes_back(
     assert server.boot_count == 2
 
 
-def test_ami_not_running_is_refused(test_asterisk_factory: AsteriskFactory) -> None:
-    server = test_asterisk_factory(running=False)
+def test_ami_not_running_is_refused(stand_in_factory: StandInFactory) -> None:
+    server = stand_in_factory(running=False)
     with pytest.raises(AsteriskUnavailable) as raised:
         ami(server).command("core show version", DEADLINE)
     assert str(raised.value) == (
@@ -416,10 +418,10 @@ def test_ami_not_running_is_refused(test_asterisk_factory: AsteriskFactory) -> N
     assert raised.value.exit_status == 3
 
 
-def test_ami_over_ipv6_loopback(test_asterisk_factory: AsteriskFactory) -> None:
+def test_ami_over_ipv6_loopback(stand_in_factory: StandInFactory) -> None:
     if not ipv6_loopback_available():
         missing("no IPv6 loopback here")
-    server = test_asterisk_factory(host="::1")
+    server = stand_in_factory(host="::1")
     with contextlib.closing(ami(server)) as link:
         assert link.version() == "22.10.1"
         server.halt()
@@ -459,8 +461,8 @@ def test_something_else_on_the_ami_port_is_not_taken_for_asterisk() -> None:
     )
 
 
-def test_console_not_running_means_no_socket(test_asterisk_factory: AsteriskFactory) -> None:
-    server = test_asterisk_factory(running=False)
+def test_console_not_running_means_no_socket(stand_in_factory: StandInFactory) -> None:
+    server = stand_in_factory(running=False)
     with pytest.raises(AsteriskUnavailable) as raised:
         ConsoleLink(str(server.console_path)).command("core show version", DEADLINE)
     assert str(raised.value) == (
@@ -479,8 +481,8 @@ def test_console_socket_left_behind_by_a_crash(tmp_path: Path) -> None:
     )
 
 
-def test_console_permission_denied_says_who_may_connect(test_asterisk: AsteriskServer) -> None:
-    path = str(test_asterisk.console_path)
+def test_console_permission_denied_says_who_may_connect(stand_in: StandInAsterisk) -> None:
+    path = str(stand_in.console_path)
     os.chmod(path, 0o660)
     assert try_as_unprivileged(path) == (
         f"AsteriskPermissionError: {path}: permission denied; run ipwatch as the asterisk "
@@ -518,13 +520,13 @@ def describe(attempt: Callable[[], str]) -> str:
         return f"{type(error).__name__}: {error}"
 
 
-def test_console_refuses_commands_the_socket_cannot_carry(test_asterisk: AsteriskServer) -> None:
-    link = ConsoleLink(str(test_asterisk.console_path))
+def test_console_refuses_commands_the_socket_cannot_carry(stand_in: StandInAsterisk) -> None:
+    link = ConsoleLink(str(stand_in.console_path))
     with pytest.raises(AsteriskError, match="at most 495 bytes"):
         link.command("core show version " + "x" * 480, DEADLINE)
     with pytest.raises(AsteriskError, match="one line"):
         link.command("core show version\ncore stop now", DEADLINE)
-    assert test_asterisk.commands() == []
+    assert stand_in.commands() == []
 
 
 def test_console_drops_verbose_lines_as_asterisk_rx_does() -> None:
@@ -551,10 +553,10 @@ def test_colour_codes_are_removed() -> None:
 
 
 def test_the_secret_never_reaches_logs_messages_or_repr(
-    test_asterisk_factory: AsteriskFactory, caplog: pytest.LogCaptureFixture
+    stand_in_factory: StandInFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     secret = "s3cr3t-Value"
-    server = test_asterisk_factory(
+    server = stand_in_factory(
         users={DEFAULT_USER: AmiUser(secret)}, failed_login_delay=FAST_LOGIN_FAILURE
     )
     caplog.set_level(logging.DEBUG)
@@ -575,15 +577,15 @@ def test_the_secret_never_reaches_logs_messages_or_repr(
     assert not [text for text in seen if secret in text]
 
 
-def test_open_link_follows_asterisk_control(test_asterisk: AsteriskServer) -> None:
-    ami_config = AmiConfig(host=test_asterisk.host, port=test_asterisk.ami_port)
+def test_open_link_follows_asterisk_control(stand_in: StandInAsterisk) -> None:
+    ami_config = AmiConfig(host=stand_in.host, port=stand_in.ami_port)
     config = AsteriskConfig(
-        control="ami", ami=ami_config, console_socket=str(test_asterisk.console_path)
+        control="ami", ami=ami_config, console_socket=str(stand_in.console_path)
     )
     with contextlib.closing(open_link(config, DEFAULT_SECRET)) as link:
         assert isinstance(link, AmiLink)
         assert link.version() == "22.10.1"
-    console = AsteriskConfig(control="console", console_socket=str(test_asterisk.console_path))
+    console = AsteriskConfig(control="console", console_socket=str(stand_in.console_path))
     with contextlib.closing(open_link(console, None)) as link:
         assert isinstance(link, ConsoleLink)
         assert link.version() == "22.10.1"

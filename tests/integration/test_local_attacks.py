@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.asterisk import NAT_TRANSPORT as PJSIP
-from tests.peers.asterisk import NEW_ADDRESS as NEW
-from tests.peers.asterisk import OLD_ADDRESS as OLD
+from tests.peers.stand_in import NAT_TRANSPORT as PJSIP
+from tests.peers.stand_in import NEW_ADDRESS as NEW
+from tests.peers.stand_in import OLD_ADDRESS as OLD
 from tests.support import run_ipwatch, wait_until
 
 REPOSITORY = Path(__file__).resolve().parents[2]

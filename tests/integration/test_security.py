@@ -26,17 +26,17 @@ from ipwatch.addresses import FAMILIES, Family, IPAddress, check_answer
 from ipwatch.asterisk.conf import load_tree
 from ipwatch.asterisk.targets import plan_target
 from ipwatch.config import TargetConfig
-from tests.peers.asterisk import NAT_TRANSPORT as PJSIP
-from tests.peers.asterisk import NEW_ADDRESS as NEW
-from tests.peers.asterisk import OLD_ADDRESS as OLD
-from tests.peers.asterisk import AmiUser, AsteriskServer
 from tests.peers.bind9 import Bind9
 from tests.peers.ddns_http import DdnsHttp
 from tests.peers.http import HttpPeer
+from tests.peers.stand_in import NAT_TRANSPORT as PJSIP
+from tests.peers.stand_in import NEW_ADDRESS as NEW
+from tests.peers.stand_in import OLD_ADDRESS as OLD
+from tests.peers.stand_in import AmiUser, StandInAsterisk
 from tests.support import run_ipwatch
 
 HOOK = '#!/bin/sh\nenv >"{dump}/env.$1"\ncat >"{dump}/stdin.$1"\n'
-Factory = Callable[..., AsteriskServer]
+Factory = Callable[..., StandInAsterisk]
 
 
 def planted(label: str) -> str:
@@ -75,13 +75,13 @@ def no_credentials(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_planted_secrets_appear_in_no_output_file_or_hook(
     right: bool,
     tmp_path: Path,
-    test_asterisk_factory: Factory,
+    stand_in_factory: Factory,
     ddns_http: DdnsHttp,
     http_peer: HttpPeer,
     bind9: Bind9,
 ) -> None:
     ami = planted("ami")
-    server = test_asterisk_factory(
+    server = stand_in_factory(
         files={"pjsip.conf": PJSIP}, users={"ipwatch": AmiUser(ami)}, failed_login_delay=0.05
     )
     url_user, url_password = planted("user"), planted("urlpw")
@@ -161,7 +161,7 @@ def test_planted_secrets_appear_in_no_output_file_or_hook(
 # --- secret files and systemd credentials ---------------------------------------------------
 
 
-def ami_config(tmp_path: Path, server: AsteriskServer, secret_key: str = "") -> Path:
+def ami_config(tmp_path: Path, server: StandInAsterisk, secret_key: str = "") -> Path:
     config = tmp_path / "ipwatch.toml"
     config.write_text(
         f'confirm = 1\naccept = ["198.51.100.0/24"]\n'
@@ -203,12 +203,12 @@ def test_secret_files_others_can_read_are_refused_when_the_config_loads(
 
 def test_systemd_credentials_stand_in_for_secret_files(
     tmp_path: Path,
-    test_asterisk_factory: Factory,
+    stand_in_factory: Factory,
     ddns_http: DdnsHttp,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ami = planted("ami")
-    server = test_asterisk_factory(files={"pjsip.conf": PJSIP}, users={"ipwatch": AmiUser(ami)})
+    server = stand_in_factory(files={"pjsip.conf": PJSIP}, users={"ipwatch": AmiUser(ami)})
     credentials = tmp_path / "credentials"
     credentials.mkdir(mode=0o700)
     secret_file(credentials, "ami-secret", ami, 0o400)  # as systemd's LoadCredential= leaves it

@@ -6,7 +6,7 @@
 - on the router (rtr): miniupnpd answering NAT-PMP and UPnP IGD (it learns its public address by
   STUN unless the lab has carrier-grade NAT, where it has none to report);
 - on the PBX (lan): `ipwatch run` with those four sources (quorum majority), a pjsip target, the
-  DDNS updater and a hook that records its events; the test Asterisk runs in this process and
+  DDNS updater and a hook that records its events; the stand-in Asterisk runs in this process and
   ipwatch reaches it through its console socket (a filesystem socket crosses namespaces).
 
 The bench calls `measure_wan_change` and `measure_round_traffic`; as non-root they raise
@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 
 from tests.lab.lab import INTERNET_SERVER, LAB_NETWORKS, PUBLIC_ADDRESS, ROUTER_LAN, Lab
-from tests.peers.asterisk import AsteriskServer, write_config
 from tests.peers.bind9 import DDNS_ZONE, Bind9
+from tests.peers.stand_in import StandInAsterisk, write_config
 from tests.support import run_ipwatch, wait_until
 
 TRANSPORT = "transport-lan"
@@ -60,7 +60,7 @@ class Settings:
 @dataclass
 class Pbx:
     lab: Lab
-    asterisk: AsteriskServer
+    asterisk: StandInAsterisk
     bind9: Bind9 | None
     config: Path
     state_dir: Path
@@ -155,7 +155,7 @@ def open_pbx(directory: Path, settings: Settings = Settings()) -> Iterator[Pbx]:
     pjsip.conf, Asterisk and (with ddns) the DNS record all on it; tear it all down after."""
     pjsip = _pjsip_conf(PUBLIC_ADDRESS)
     asterisk_dir = write_config(directory / "etc-asterisk", {"pjsip.conf": pjsip})
-    with AsteriskServer(asterisk_dir, directory / "asterisk.ctl") as asterisk:
+    with StandInAsterisk(asterisk_dir, directory / "asterisk.ctl") as asterisk:
         asterisk.start()
         (directory / "lab").mkdir()
         with Lab.open(directory / "lab", cgnat=settings.cgnat) as lab:
@@ -273,7 +273,7 @@ _COUNTERS = (*_TRAFFIC, "stun_rounds")  # open_pbx counts the requests to SECOND
 
 
 def measure_wan_change(interval: float, changes: int, trigger: bool) -> list[float]:
-    """Seconds from each WAN address change to the test Asterisk using the new address, with
+    """Seconds from each WAN address change to the stand-in Asterisk using the new address, with
     `ipwatch run` polling every `interval` s, or (`trigger`) with `ipwatch trigger` run right
     after each change.
 

@@ -1,5 +1,5 @@
 """The whole system on a real network path: `ipwatch run` on a PBX behind a NAT router, two
-coturn STUN servers and bind9 on the "Internet", miniupnpd on the router, the test Asterisk
+coturn STUN servers and bind9 on the "Internet", miniupnpd on the router, the stand-in Asterisk
 reached through its console socket (tests/lab/measure.py builds it all).
 
 Each scenario changes the lab's public address and checks everything a user would look at:

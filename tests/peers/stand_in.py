@@ -1,8 +1,10 @@
-"""A test Asterisk: the real AMI and console (`asterisk -rx`) wire protocols over real sockets.
+"""A stand-in Asterisk: the real AMI and console (`asterisk -rx`) wire protocols over real sockets.
 
-Asterisk is not packaged on Debian 12, so ipwatch's Asterisk control is tested against this
-server. Its replies are built from bytes recorded from a real Asterisk 22.10.1
-(tests/data/asterisk/asterisk22/) and from Asterisk's source: main/manager.c (AMI), main/asterisk.c
+The tests run a real Asterisk (tests/peers/real_asterisk.py) wherever one can show what matters.
+This stand-in is for what a real Asterisk built here cannot show: versions before 16.18 / 18.4
+that need a restart, a hung command, a dropped connection, a rejected config, scripted call
+counts and a clock under the test's control. Its replies are built from bytes recorded from a
+real Asterisk 22.10.1 (tests/data/asterisk/asterisk22/) and from Asterisk's source: main/manager.c (AMI), main/asterisk.c
 (console socket, restart), main/cli.c (CLI dispatch, `core show channels`), main/loader.c
 (`module reload`), main/config.c (config syntax), res/res_sorcery_config.c and
 res/res_pjsip/config_transport.c (what a reload keeps), res/res_pjsip/pjsip_cli.c (`pjsip show`)
@@ -67,7 +69,7 @@ CLI_QUIT_AFTER = b"cli quit after "
 DEFAULT_USER = "ipwatch"
 DEFAULT_SECRET = "ipwatch-secret"
 
-# The recorded 22.10.1 transport as a pjsip.conf: the test Asterisk prints it byte for byte.
+# The recorded 22.10.1 transport as a pjsip.conf: the stand-in Asterisk prints it byte for byte.
 RECORDED_PJSIP_CONF = """\
 [transport-udp-nat]
 type = transport
@@ -818,7 +820,7 @@ class Outcome:
 @dataclass(frozen=True)
 class CliCommand:
     words: tuple[str, ...]
-    handler: str  # AsteriskServer method name
+    handler: str  # StandInAsterisk method name
     at_shutdown: bool = False  # ast_cli_allow_at_shutdown
     needs: Literal["", "chan_sip"] = ""
 
@@ -1055,8 +1057,8 @@ class _Message:
 # ---------------------------------------------------------------------------------------------
 
 
-class AsteriskServer:
-    """A test Asterisk on a loopback TCP port (AMI) and a unix socket (console).
+class StandInAsterisk:
+    """A stand-in Asterisk on a loopback TCP port (AMI) and a unix socket (console).
 
     Construct, then `start()`; `stop()` (or the context manager) ends every thread and socket.
     `halt()` makes Asterisk "not running" (nothing listens) and `boot()` brings it back with a
@@ -1135,7 +1137,7 @@ class AsteriskServer:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self, running: bool = True) -> AsteriskServer:
+    def start(self, running: bool = True) -> StandInAsterisk:
         """Start the test server; with running=False Asterisk is "not running" until `boot()`."""
         if running:
             self.boot()
@@ -1150,9 +1152,9 @@ class AsteriskServer:
         for thread in list(self._threads):
             thread.join(timeout=10)
             if thread.is_alive():
-                raise RuntimeError(f"test Asterisk thread {thread.name} did not end")
+                raise RuntimeError(f"stand-in Asterisk thread {thread.name} did not end")
 
-    def __enter__(self) -> AsteriskServer:
+    def __enter__(self) -> StandInAsterisk:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -2320,35 +2322,35 @@ allow_reload = no
 """
 
 
-class AsteriskFactory(Protocol):
+class StandInFactory(Protocol):
     def __call__(
         self, *, files: Mapping[str, str] | None = None, running: bool = True, **options: object
-    ) -> AsteriskServer: ...
+    ) -> StandInAsterisk: ...
 
 
-@pytest.fixture(name="test_asterisk")
-def test_asterisk_fixture(tmp_path: Path) -> Iterator[AsteriskServer]:
-    """A running test Asterisk 22.10.1 with the recorded pjsip.conf, AMI on a free loopback
+@pytest.fixture(name="stand_in")
+def stand_in_fixture(tmp_path: Path) -> Iterator[StandInAsterisk]:
+    """A running stand-in Asterisk 22.10.1 with the recorded pjsip.conf, AMI on a free loopback
     port (user `ipwatch`, secret `ipwatch-secret`) and its console socket in tmp_path."""
     config_dir = write_config(tmp_path / "etc-asterisk", {"pjsip.conf": RECORDED_PJSIP_CONF})
-    with AsteriskServer(config_dir, tmp_path / "asterisk.ctl") as server:
+    with StandInAsterisk(config_dir, tmp_path / "asterisk.ctl") as server:
         yield server.start()
 
 
-@pytest.fixture(name="test_asterisk_factory")
-def test_asterisk_factory_fixture(tmp_path: Path) -> Iterator[AsteriskFactory]:
-    """Make test Asterisks with other config files (default: the recorded pjsip.conf), other
+@pytest.fixture(name="stand_in_factory")
+def stand_in_factory_fixture(tmp_path: Path) -> Iterator[StandInFactory]:
+    """Make stand-in Asterisks with other config files (default: the recorded pjsip.conf), other
     constructor options (version, users, clock, ...) or not running; all stop at teardown."""
-    servers: list[AsteriskServer] = []
+    servers: list[StandInAsterisk] = []
 
     def make(
         *, files: Mapping[str, str] | None = None, running: bool = True, **options: object
-    ) -> AsteriskServer:
+    ) -> StandInAsterisk:
         index = len(servers)
         config_dir = write_config(
             tmp_path / f"etc-asterisk-{index}", files or {"pjsip.conf": RECORDED_PJSIP_CONF}
         )
-        server = AsteriskServer(config_dir, tmp_path / f"asterisk-{index}.ctl", **options)  # type: ignore[arg-type]
+        server = StandInAsterisk(config_dir, tmp_path / f"asterisk-{index}.ctl", **options)  # type: ignore[arg-type]
         servers.append(server)
         return server.start(running)
 

@@ -1,4 +1,4 @@
-"""The test Asterisk against what a real one does: recorded Asterisk 22.10.1 sessions replayed
+"""The stand-in Asterisk against what a real one does: recorded Asterisk 22.10.1 sessions replayed
 byte for byte, replies derived from Asterisk's source, the console protocol, config loading and
 reload rules, restarts, and the faults ipwatch must survive."""
 
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.asterisk import (  # noqa: F401
+from tests.peers.stand_in import (  # noqa: F401
     RECORDED_PJSIP_CONF,
     AmiUser,
-    AsteriskFactory,
-    AsteriskServer,
     Channel,
+    StandInAsterisk,
+    StandInFactory,
     TransportState,
-    test_asterisk_factory_fixture,
-    test_asterisk_fixture,
+    stand_in_factory_fixture,
+    stand_in_fixture,
 )
 from tests.support import wait_until
 
@@ -53,7 +53,7 @@ Message = list[tuple[str, str]]
 class Ami:
     """A small AMI client: messages end at a blank line; every read has a deadline."""
 
-    def __init__(self, server: AsteriskServer, timeout: float = DEADLINE) -> None:
+    def __init__(self, server: StandInAsterisk, timeout: float = DEADLINE) -> None:
         self.sock = socket.create_connection((server.host, server.ami_port), timeout=timeout)
         self.buffer = b""
         self.banner = self.line()
@@ -135,11 +135,11 @@ def rx(path: Path, command: str, timeout: float = DEADLINE) -> tuple[bytes, byte
         return banner, output
 
 
-def cli(server: AsteriskServer, command: str) -> str:
+def cli(server: StandInAsterisk, command: str) -> str:
     return rx(server.console_path, command)[1].decode()
 
 
-def ami_session(server: AsteriskServer, sent: bytes) -> bytes:
+def ami_session(server: StandInAsterisk, sent: bytes) -> bytes:
     with socket.create_connection((server.host, server.ami_port), timeout=DEADLINE) as sock:
         sock.sendall(sent)
         received = b""
@@ -156,18 +156,20 @@ def rewrite(path: Path, text: str) -> None:
         os.utime(path, ns=(before + 1, before + 1))
 
 
-def transport_value(server: AsteriskServer, name: str, transport: str = "transport-udp-nat") -> str:
+def transport_value(
+    server: StandInAsterisk, name: str, transport: str = "transport-udp-nat"
+) -> str:
     rows = server.transport_rows(transport)
     assert rows is not None
     return dict(rows)[name]
 
 
 @pytest.fixture
-def recorded(test_asterisk_factory: AsteriskFactory) -> Iterator[tuple[AsteriskServer, Clock]]:
-    """The test Asterisk set up as the recorded 22.10.1 was, on the recorded clock."""
+def recorded(stand_in_factory: StandInFactory) -> Iterator[tuple[StandInAsterisk, Clock]]:
+    """The stand-in Asterisk set up as the recorded 22.10.1 was, on the recorded clock."""
     clock = Clock(STARTED)
     users = {"acceptance": AmiUser("acceptance-secret")}
-    yield test_asterisk_factory(users=users, clock=clock, hostname="vm"), clock
+    yield stand_in_factory(users=users, clock=clock, hostname="vm"), clock
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +178,7 @@ def recorded(test_asterisk_factory: AsteriskFactory) -> Iterator[tuple[AsteriskS
 
 
 def test_the_recorded_ami_sessions_replay_byte_for_byte(
-    recorded: tuple[AsteriskServer, Clock],
+    recorded: tuple[StandInAsterisk, Clock],
 ) -> None:
     """Nothing is masked: the ActionIDs are the recorded client's own and echo as sent, and the
     Core*Date/Time fields come from a clock set to the recorded 08:51:58 start and 08:52:17
@@ -205,51 +207,51 @@ def test_the_recorded_ami_sessions_replay_byte_for_byte(
     ],
 )
 def test_console_outputs_match_the_recording(
-    test_asterisk: AsteriskServer, command: str, recording: str
+    stand_in: StandInAsterisk, command: str, recording: str
 ) -> None:
-    assert rx(test_asterisk.console_path, command)[1] == (RECORDED / recording).read_bytes()
+    assert rx(stand_in.console_path, command)[1] == (RECORDED / recording).read_bytes()
 
 
 def test_after_a_reload_the_transport_shows_the_new_address_as_recorded(
-    test_asterisk: AsteriskServer,
+    stand_in: StandInAsterisk,
 ) -> None:
-    rewrite(test_asterisk.config_dir / "pjsip.conf", NEW_ADDRESS)
-    cli(test_asterisk, "module reload res_pjsip.so")
-    shown = cli(test_asterisk, "pjsip show transport transport-udp-nat")
+    rewrite(stand_in.config_dir / "pjsip.conf", NEW_ADDRESS)
+    cli(stand_in, "module reload res_pjsip.so")
+    shown = cli(stand_in, "pjsip show transport transport-udp-nat")
     recorded = (RECORDED / "cli_09_pjsip_show_transport_after_reload.txt").read_text()
     assert shown == recorded.split("\n", 1)[1].rsplit("[rc=0]", 1)[0]
-    effective = test_asterisk.effective_transport("transport-udp-nat")
+    effective = stand_in.effective_transport("transport-udp-nat")
     assert effective is not None
     assert effective.external_signaling_address == "203.0.113.77"
     assert effective.external_media_address == "203.0.113.77"
 
 
-def test_the_parameter_table_is_as_wide_as_its_widest_value(test_asterisk: AsteriskServer) -> None:
+def test_the_parameter_table_is_as_wide_as_its_widest_value(stand_in: StandInAsterisk) -> None:
     """nat_probe ran with local_net = 127.0.0.1: its separator is six characters longer."""
     config = RECORDED_PJSIP_CONF.replace("127.0.0.0/8", "127.0.0.1")
-    rewrite(test_asterisk.config_dir / "pjsip.conf", config)
-    cli(test_asterisk, "module reload res_pjsip.so")
-    shown = cli(test_asterisk, "pjsip show transport transport-udp-nat")
+    rewrite(stand_in.config_dir / "pjsip.conf", config)
+    cli(stand_in, "module reload res_pjsip.so")
+    shown = cli(stand_in, "pjsip show transport transport-udp-nat")
     recorded = (RECORDED / "nat_probe" / "cli_1_show_transport.txt").read_text()
     assert shown == recorded.split("\n", 1)[1].rsplit("[rc=0]", 1)[0]
 
 
 def test_a_missing_transport_is_reported_and_the_command_succeeds(
-    test_asterisk: AsteriskServer,
+    stand_in: StandInAsterisk,
 ) -> None:
-    assert cli(test_asterisk, "pjsip show transport does-not-exist") == (
+    assert cli(stand_in, "pjsip show transport does-not-exist") == (
         "Unable to find object does-not-exist.\n\n"
     )
-    with Ami(test_asterisk) as ami:
+    with Ami(stand_in) as ami:
         ami.login()
         response, output = ami.command("pjsip show transport does-not-exist")
     assert (response, output) == ("Success", ["Unable to find object does-not-exist.", ""])
 
 
-def test_send_register_all_is_queued(test_asterisk: AsteriskServer) -> None:
+def test_send_register_all_is_queued(stand_in: StandInAsterisk) -> None:
     recorded = (RECORDED / "cli_06_pjsip_send_register_all.txt").read_text().split("\n")[1]
-    assert cli(test_asterisk, "pjsip send register *all") == recorded + "\n"
-    assert test_asterisk.reregistrations == [{"transport-udp-nat": "198.51.100.5"}]
+    assert cli(stand_in, "pjsip send register *all") == recorded + "\n"
+    assert stand_in.reregistrations == [{"transport-udp-nat": "198.51.100.5"}]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,9 +269,9 @@ def test_send_register_all_is_queued(test_asterisk: AsteriskServer) -> None:
     ],
 )
 def test_the_banner_names_the_ami_version(
-    test_asterisk_factory: AsteriskFactory, version: str, banner: str
+    stand_in_factory: StandInFactory, version: str, banner: str
 ) -> None:
-    server = test_asterisk_factory(version=version)
+    server = stand_in_factory(version=version)
     with Ami(server) as ami:
         assert ami.banner == f"Asterisk Call Manager/{banner}"
         ami.login()
@@ -278,9 +280,9 @@ def test_the_banner_names_the_ami_version(
 
 
 def test_command_output_before_14_is_raw_text_up_to_end_command(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
-    server = test_asterisk_factory(version="13.38.3")
+    server = stand_in_factory(version="13.38.3")
     with Ami(server) as ami:
         ami.login()
         ami.action("Command", "2", Command="core show version")
@@ -299,27 +301,27 @@ def test_command_output_before_14_is_raw_text_up_to_end_command(
     ],
 )
 def test_command_answers_as_asterisk_22_does(
-    test_asterisk: AsteriskServer, command: str, action_id: str, reference: str
+    stand_in: StandInAsterisk, command: str, action_id: str, reference: str
 ) -> None:
     expected = (DERIVED / reference).read_bytes()
-    with Ami(test_asterisk) as ami:
+    with Ami(stand_in) as ami:
         ami.login()
         ami.action("Command", action_id, Command=command)
         assert ami.raw(len(expected)) == expected
 
 
 def test_login_with_events_sends_fully_booted_and_bare_lf_is_accepted(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
-    server = test_asterisk_factory(clock=Clock(STARTED))
+    server = stand_in_factory(clock=Clock(STARTED))
     expected = (DERIVED / "ami22_login_events_on.raw").read_bytes()
     with Ami(server) as ami:
         ami.send("Action: Login\nUsername: ipwatch\nSecret: ipwatch-secret\nActionID: 1\n\n")
         assert ami.raw(len(expected)) == expected
 
 
-def test_a_failed_login_waits_answers_and_closes(test_asterisk_factory: AsteriskFactory) -> None:
-    server = test_asterisk_factory(failed_login_delay=0.3)
+def test_a_failed_login_waits_answers_and_closes(stand_in_factory: StandInFactory) -> None:
+    server = stand_in_factory(failed_login_delay=0.3)
     with Ami(server) as ami:
         started = time.monotonic()
         ami.send("Action: Login\r\nUsername: ipwatch\r\nSecret: wrong\r\nActionID: 1\r\n\r\n")
@@ -331,17 +333,17 @@ def test_a_failed_login_waits_answers_and_closes(test_asterisk_factory: Asterisk
 
 
 def test_a_refused_login_fails_even_with_the_right_secret(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
-    server = test_asterisk_factory(failed_login_delay=0.0)
+    server = stand_in_factory(failed_login_delay=0.0)
     server.faults.refuse_login = True
     with Ami(server) as ami:
         ami.action("Login", "1", Username="ipwatch", Secret="ipwatch-secret")
         assert ami.until_closed() == (DERIVED / "ami22_login_failed.raw").read_bytes()
 
 
-def test_a_user_without_the_command_class_is_denied(test_asterisk_factory: AsteriskFactory) -> None:
-    server = test_asterisk_factory(users={"monitor": AmiUser("pw", read="all", write="system")})
+def test_a_user_without_the_command_class_is_denied(stand_in_factory: StandInFactory) -> None:
+    server = stand_in_factory(users={"monitor": AmiUser("pw", read="all", write="system")})
     with Ami(server) as ami:
         ami.login("monitor", "pw")
         ami.action("Command", "2", Command="core show version")
@@ -351,8 +353,8 @@ def test_a_user_without_the_command_class_is_denied(test_asterisk_factory: Aster
         assert dict(ami.response("3"))["Response"] == "Success"
 
 
-def test_requests_asterisk_refuses(test_asterisk: AsteriskServer) -> None:
-    with Ami(test_asterisk) as ami:
+def test_requests_asterisk_refuses(stand_in: StandInAsterisk) -> None:
+    with Ami(stand_in) as ami:
         ami.action("CoreStatus", "early")
         assert dict(ami.response("early"))["Message"] == "Permission denied"
         ami.login()
@@ -370,9 +372,9 @@ def test_requests_asterisk_refuses(test_asterisk: AsteriskServer) -> None:
 
 
 def test_a_challenge_login_uses_the_md5_of_challenge_and_secret(
-    test_asterisk: AsteriskServer,
+    stand_in: StandInAsterisk,
 ) -> None:
-    with Ami(test_asterisk) as ami:
+    with Ami(stand_in) as ami:
         ami.action("Challenge", "1", AuthType="MD5")
         challenge = dict(ami.response("1"))["Challenge"]
         key = hashlib.md5((challenge + "ipwatch-secret").encode()).hexdigest()
@@ -381,41 +383,41 @@ def test_a_challenge_login_uses_the_md5_of_challenge_and_secret(
 
 
 def test_events_between_responses_are_told_apart_by_action_id(
-    test_asterisk: AsteriskServer,
+    stand_in: StandInAsterisk,
 ) -> None:
-    test_asterisk.chatter = [
+    stand_in.chatter = [
         "Event: PeerStatus\r\nPrivilege: system,all\r\nPeerStatus: Reachable\r\n\r\n"
     ]
-    with Ami(test_asterisk) as ami:
+    with Ami(stand_in) as ami:
         ami.action("Login", "1", Username="ipwatch", Secret="ipwatch-secret")
         assert dict(ami.message())["Response"] == "Success"
         assert dict(ami.message())["Event"] == "FullyBooted"
         ami.action("CoreStatus", "2")
         assert dict(ami.message())["Event"] == "PeerStatus"
         assert dict(ami.message())["ActionID"] == "2"
-        assert test_asterisk.inject_event("Event: Reload\r\nModule: manager") == 1
+        assert stand_in.inject_event("Event: Reload\r\nModule: manager") == 1
 
 
-def test_events_off_keeps_events_away_unless_forced(test_asterisk: AsteriskServer) -> None:
-    with Ami(test_asterisk) as ami:
+def test_events_off_keeps_events_away_unless_forced(stand_in: StandInAsterisk) -> None:
+    with Ami(stand_in) as ami:
         ami.login()
-        assert test_asterisk.inject_event("Event: Reload\r\nModule: manager") == 0
-        assert test_asterisk.inject_event("Event: Reload\r\nModule: x", force=True) == 1
+        assert stand_in.inject_event("Event: Reload\r\nModule: manager") == 0
+        assert stand_in.inject_event("Event: Reload\r\nModule: x", force=True) == 1
         assert dict(ami.message())["Module"] == "x"
-        test_asterisk.chatter = ["Event: PeerStatus\r\nPeerStatus: Lagged\r\n\r\n"]
+        stand_in.chatter = ["Event: PeerStatus\r\nPeerStatus: Lagged\r\n\r\n"]
         ami.action("Ping", "quiet")
         assert dict(ami.message())["Ping"] == "Pong"
-        test_asterisk.chatter_ignores_event_mask = True
+        stand_in.chatter_ignores_event_mask = True
         ami.action("Ping", "loud")
         assert dict(ami.message())["PeerStatus"] == "Lagged"
 
 
 def test_replies_split_into_single_bytes_carry_the_same_stream(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
     clock = Clock(STARTED)
     users = {"acceptance": AmiUser("acceptance-secret")}
-    server = test_asterisk_factory(users=users, clock=clock, hostname="vm", chunk_size=1)
+    server = stand_in_factory(users=users, clock=clock, hostname="vm", chunk_size=1)
     before = ami_session(server, (RECORDED / "ami_before_reload_sent.raw").read_bytes())
     assert before == (RECORDED / "ami_before_reload_recv.raw").read_bytes()
 
@@ -425,30 +427,30 @@ def test_replies_split_into_single_bytes_carry_the_same_stream(
 # ---------------------------------------------------------------------------------------------
 
 
-def test_channel_counts_use_the_singular_for_one(test_asterisk: AsteriskServer) -> None:
-    test_asterisk.set_calls(1)
+def test_channel_counts_use_the_singular_for_one(stand_in: StandInAsterisk) -> None:
+    stand_in.set_calls(1)
     recorded = (RECORDED / "nat_probe" / "cli_1_channels_count_in_call.txt").read_text()
     assert (
-        cli(test_asterisk, "core show channels count")
+        cli(stand_in, "core show channels count")
         == recorded.split("\n", 1)[1].rsplit("[rc=0]", 1)[0]
     )
 
 
 @pytest.mark.parametrize("calls", [0, 1])
 def test_channel_counts_with_maxcalls_show_the_capacity(
-    test_asterisk_factory: AsteriskFactory, calls: int
+    stand_in_factory: StandInFactory, calls: int
 ) -> None:
-    server = test_asterisk_factory(maxcalls=10)
+    server = stand_in_factory(maxcalls=10)
     server.set_calls(calls)
     expected = (DERIVED / f"cli_channels_count_maxcalls_{calls}.raw").read_text()
     assert cli(server, "core show channels count") == expected
 
 
 def test_core_status_counts_channels_and_core_show_channels_lists_them(
-    test_asterisk: AsteriskServer,
+    stand_in: StandInAsterisk,
 ) -> None:
-    test_asterisk.set_calls(1, channels=2)
-    with Ami(test_asterisk) as ami:
+    stand_in.set_calls(1, channels=2)
+    with Ami(stand_in) as ami:
         ami.login()
         ami.action("CoreStatus", "1")
         # manager.c fills CoreCurrentCalls with ast_active_channels(): channels, not calls.
@@ -457,30 +459,30 @@ def test_core_status_counts_channels_and_core_show_channels_lists_them(
             "2 active channels",
             "1 active call",
         ]
-    test_asterisk.set_calls(1)
+    stand_in.set_calls(1)
     expected = (DERIVED / "ami22_coreshowchannels_one.raw").read_bytes()
-    with Ami(test_asterisk) as ami:
+    with Ami(stand_in) as ami:
         ami.login()
         ami.action("CoreShowChannels", "3")
         assert ami.raw(len(expected)) == expected
 
 
-def test_core_show_channels_lists_each_channel(test_asterisk: AsteriskServer) -> None:
+def test_core_show_channels_lists_each_channel(stand_in: StandInAsterisk) -> None:
     alice = Channel("PJSIP/alice-00000001", "1763880000.1", application="Dial", data="PJSIP/bob")
-    test_asterisk.set_channels([alice], calls=1)
-    assert cli(test_asterisk, "core show channels") == (
+    stand_in.set_channels([alice], calls=1)
+    assert cli(stand_in, "core show channels") == (
         "Channel              Location             State   Application(Data)             \n"
         "PJSIP/alice-00000001 100@from-internal:1  Up      Dial(PJSIP/bob)               \n"
         "1 active channel\n1 active call\n1 call processed\n"
     )
-    assert cli(test_asterisk, "core show channels concise") == (
+    assert cli(stand_in, "core show channels concise") == (
         "PJSIP/alice-00000001!from-internal!100!1!Up!Dial!PJSIP/bob!!!!3!0!!1763880000.1\n"
     )
-    assert cli(test_asterisk, "core show channels verbose").splitlines()[1].split() == [
+    assert cli(stand_in, "core show channels verbose").splitlines()[1].split() == [
         "PJSIP/alice-00000001", "from-internal", "100", "1", "Up", "Dial", "PJSIP/bob",
         "00:00:00",
     ]  # fmt: skip
-    assert cli(test_asterisk, "core show channels sideways").startswith(
+    assert cli(stand_in, "core show channels sideways").startswith(
         "Usage: core show channels [concise|verbose|count]\n"
     )
 
@@ -491,20 +493,20 @@ def test_core_show_channels_lists_each_channel(test_asterisk: AsteriskServer) ->
 
 
 def test_the_console_greets_with_hostname_pid_and_version(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
-    server = test_asterisk_factory(hostname="pbx", pid=4242)
+    server = stand_in_factory(hostname="pbx", pid=4242)
     banner, output = rx(server.console_path, "core show version")
     assert banner == (DERIVED / "console_banner.raw").read_bytes()
     assert output.startswith(b"Asterisk 22.10.1 built by root @ vm")
 
 
 def test_a_console_without_quit_after_runs_each_command_and_stays(
-    test_asterisk: AsteriskServer,
+    stand_in: StandInAsterisk,
 ) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(DEADLINE)
-        sock.connect(str(test_asterisk.console_path))
+        sock.connect(str(stand_in.console_path))
         sock.recv(512)
         sock.sendall(b"core show uptime seconds\0core show calls\0")
         output = b""
@@ -513,33 +515,33 @@ def test_a_console_without_quit_after_runs_each_command_and_stays(
     lines = output.decode().splitlines()
     assert lines[0].startswith("System uptime: ") and lines[1].startswith("Last reload: ")
     assert lines[2:] == ["0 active calls", "0 calls processed"]
-    assert test_asterisk.commands("console") == ["core show uptime seconds", "core show calls"]
+    assert stand_in.commands("console") == ["core show uptime seconds", "core show calls"]
 
 
-def test_quit_after_without_the_nul_runs_nothing(test_asterisk: AsteriskServer) -> None:
+def test_quit_after_without_the_nul_runs_nothing(stand_in: StandInAsterisk) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(DEADLINE)
-        sock.connect(str(test_asterisk.console_path))
+        sock.connect(str(stand_in.console_path))
         sock.recv(512)
         sock.sendall(b"cli quit after core show version")
         assert sock.recv(65536) == b""
-    assert test_asterisk.commands() == []
+    assert stand_in.commands() == []
 
 
 def test_unknown_commands_get_asterisk_s_hint_on_both_channels(
-    test_asterisk: AsteriskServer,
+    stand_in: StandInAsterisk,
 ) -> None:
-    assert cli(test_asterisk, "sip show peers") == (
+    assert cli(stand_in, "sip show peers") == (
         "No such command 'sip show peers' (type 'core show help sip' for other possible commands)\n"
     )
-    assert cli(test_asterisk, "pjsip show endpoints") == (
+    assert cli(stand_in, "pjsip show endpoints") == (
         "No such command 'pjsip show endpoints' (type 'core show help pjsip' for other "
         "possible commands)\n"
     )
-    with Ami(test_asterisk) as ami:
+    with Ami(stand_in) as ami:
         ami.login()
         assert ami.command("core show nothing")[0] == "Error"
-    assert test_asterisk.commands() == [
+    assert stand_in.commands() == [
         "sip show peers",
         "pjsip show endpoints",
         "core show nothing",
@@ -552,23 +554,23 @@ def test_unknown_commands_get_asterisk_s_hint_on_both_channels(
 
 
 def test_a_reload_applies_nothing_unless_a_file_changed_size_or_mtime(
-    test_asterisk: AsteriskServer,
+    stand_in: StandInAsterisk,
 ) -> None:
-    conf = test_asterisk.config_dir / "pjsip.conf"
+    conf = stand_in.config_dir / "pjsip.conf"
     mtime = conf.stat().st_mtime_ns
     same_size = RECORDED_PJSIP_CONF.replace("198.51.100.5", "198.51.100.6")
     conf.write_text(same_size)
     os.utime(conf, ns=(mtime, mtime))
-    cli(test_asterisk, "module reload res_pjsip.so")
-    assert transport_value(test_asterisk, "external_media_address") == "198.51.100.5"
+    cli(stand_in, "module reload res_pjsip.so")
+    assert transport_value(stand_in, "external_media_address") == "198.51.100.5"
 
     os.utime(conf, ns=(mtime + 1, mtime + 1))
-    cli(test_asterisk, "module reload res_pjsip")
-    assert transport_value(test_asterisk, "external_media_address") == "198.51.100.6"
+    cli(stand_in, "module reload res_pjsip")
+    assert transport_value(stand_in, "external_media_address") == "198.51.100.6"
 
 
 def test_includes_templates_and_comments_are_followed(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
     files = {
         "pjsip.conf": (
@@ -587,7 +589,7 @@ def test_includes_templates_and_comments_are_followed(
             "[t-udp](+)\nexternal_signaling_port => 5062\n"
         ),
     }
-    server = test_asterisk_factory(files=files)
+    server = stand_in_factory(files=files)
     assert server.transport_ids() == ["t-udp"]
     rows = server.transport_rows("t-udp")
     assert rows is not None
@@ -608,28 +610,26 @@ def test_includes_templates_and_comments_are_followed(
     assert transport_value(server, "tos", "t-udp") == "96"
 
 
-def test_a_broken_include_keeps_the_running_transports(test_asterisk: AsteriskServer) -> None:
-    rewrite(test_asterisk.config_dir / "pjsip.conf", NEW_ADDRESS + '#include "gone.conf"\n')
-    assert cli(test_asterisk, "module reload res_pjsip.so") == (
+def test_a_broken_include_keeps_the_running_transports(stand_in: StandInAsterisk) -> None:
+    rewrite(stand_in.config_dir / "pjsip.conf", NEW_ADDRESS + '#include "gone.conf"\n')
+    assert cli(stand_in, "module reload res_pjsip.so") == (
         "Module 'res_pjsip.so' reloaded successfully.\n"
     )
-    assert transport_value(test_asterisk, "external_media_address") == "198.51.100.5"
-    messages = [entry.message for entry in test_asterisk.log]
+    assert transport_value(stand_in, "external_media_address") == "198.51.100.5"
+    messages = [entry.message for entry in stand_in.log]
     assert "The file 'gone.conf' was listed as a #include but it does not exist." in messages
     assert "Contents of config file 'pjsip.conf' are invalid and cannot be parsed" in messages
 
 
 def test_a_transport_with_a_bad_value_is_retained_and_the_reload_still_succeeds(
-    test_asterisk: AsteriskServer,
+    stand_in: StandInAsterisk,
 ) -> None:
-    rewrite(
-        test_asterisk.config_dir / "pjsip.conf", NEW_ADDRESS + "external_signaling_port = 70000\n"
-    )
-    assert cli(test_asterisk, "module reload res_pjsip.so") == (
+    rewrite(stand_in.config_dir / "pjsip.conf", NEW_ADDRESS + "external_signaling_port = 70000\n")
+    assert cli(stand_in, "module reload res_pjsip.so") == (
         "Module 'res_pjsip.so' reloaded successfully.\n"
     )
-    assert transport_value(test_asterisk, "external_media_address") == "198.51.100.5"
-    assert [str(entry) for entry in test_asterisk.log] == [
+    assert transport_value(stand_in, "external_media_address") == "198.51.100.5"
+    assert [str(entry) for entry in stand_in.log] == [
         "ERROR: config_options.c: Error parsing external_signaling_port=70000 at line 9 of ",
         "ERROR: res_sorcery_config.c: Could not create an object of type 'transport' with id "
         "'transport-udp-nat' from configuration file 'pjsip.conf'",
@@ -659,47 +659,47 @@ def test_a_transport_with_a_bad_value_is_retained_and_the_reload_still_succeeds(
     ],
 )
 def test_what_asterisk_logs_for_a_transport_it_rejects(
-    test_asterisk: AsteriskServer, line: str, logged: list[str]
+    stand_in: StandInAsterisk, line: str, logged: list[str]
 ) -> None:
-    rewrite(test_asterisk.config_dir / "pjsip.conf", NEW_ADDRESS + line + "\n")
-    cli(test_asterisk, "module reload res_pjsip.so")
-    assert [str(entry) for entry in test_asterisk.log[: len(logged)]] == logged
-    assert transport_value(test_asterisk, "external_media_address") == "198.51.100.5"
+    rewrite(stand_in.config_dir / "pjsip.conf", NEW_ADDRESS + line + "\n")
+    cli(stand_in, "module reload res_pjsip.so")
+    assert [str(entry) for entry in stand_in.log[: len(logged)]] == logged
+    assert transport_value(stand_in, "external_media_address") == "198.51.100.5"
 
 
-def test_a_rejected_reload_keeps_the_old_values(test_asterisk: AsteriskServer) -> None:
-    test_asterisk.faults.reject_reload = True
-    rewrite(test_asterisk.config_dir / "pjsip.conf", NEW_ADDRESS)
-    assert cli(test_asterisk, "module reload res_pjsip.so") == (
+def test_a_rejected_reload_keeps_the_old_values(stand_in: StandInAsterisk) -> None:
+    stand_in.faults.reject_reload = True
+    rewrite(stand_in.config_dir / "pjsip.conf", NEW_ADDRESS)
+    assert cli(stand_in, "module reload res_pjsip.so") == (
         "Module 'res_pjsip.so' reloaded successfully.\n"
     )
-    assert transport_value(test_asterisk, "external_signaling_address") == "198.51.100.5"
-    assert "could not be started: Address already in use" in test_asterisk.log[0].message
+    assert transport_value(stand_in, "external_signaling_address") == "198.51.100.5"
+    assert "could not be started: Address already in use" in stand_in.log[0].message
 
 
-def test_duplicate_transports_make_the_whole_file_fail(test_asterisk: AsteriskServer) -> None:
-    rewrite(test_asterisk.config_dir / "pjsip.conf", NEW_ADDRESS + NEW_ADDRESS)
-    cli(test_asterisk, "module reload res_pjsip.so")
-    assert transport_value(test_asterisk, "external_media_address") == "198.51.100.5"
-    assert "contains a duplicate object: 'transport-udp-nat'" in test_asterisk.log[-1].message
+def test_duplicate_transports_make_the_whole_file_fail(stand_in: StandInAsterisk) -> None:
+    rewrite(stand_in.config_dir / "pjsip.conf", NEW_ADDRESS + NEW_ADDRESS)
+    cli(stand_in, "module reload res_pjsip.so")
+    assert transport_value(stand_in, "external_media_address") == "198.51.100.5"
+    assert "contains a duplicate object: 'transport-udp-nat'" in stand_in.log[-1].message
 
 
-def test_an_unresolvable_external_name_is_shown_but_not_used(test_asterisk: AsteriskServer) -> None:
-    test_asterisk.hosts["pbx.example.test"] = "203.0.113.99"
+def test_an_unresolvable_external_name_is_shown_but_not_used(stand_in: StandInAsterisk) -> None:
+    stand_in.hosts["pbx.example.test"] = "203.0.113.99"
     config = RECORDED_PJSIP_CONF.replace(
         "external_media_address = 198.51.100.5", "external_media_address = pbx.example.test"
     ).replace(
         "external_signaling_address = 198.51.100.5", "external_signaling_address = 1.2.3.4:5060"
     )
-    rewrite(test_asterisk.config_dir / "pjsip.conf", config)
-    cli(test_asterisk, "module reload res_pjsip.so")
-    effective = test_asterisk.effective_transport("transport-udp-nat")
+    rewrite(stand_in.config_dir / "pjsip.conf", config)
+    cli(stand_in, "module reload res_pjsip.so")
+    effective = stand_in.effective_transport("transport-udp-nat")
     assert effective is not None
     assert (effective.external_media_address, effective.external_signaling_address) == (
         "203.0.113.99",
         None,
     )
-    assert transport_value(test_asterisk, "external_signaling_address") == "1.2.3.4:5060"
+    assert transport_value(stand_in, "external_signaling_address") == "1.2.3.4:5060"
 
 
 @pytest.mark.parametrize(
@@ -707,9 +707,9 @@ def test_an_unresolvable_external_name_is_shown_but_not_used(test_asterisk: Aste
     [("16.10.0", False), ("16.18.0", True), ("17.9.0", False), ("18.3.0", False), ("18.4.0", True)],
 )
 def test_reload_applies_external_addresses_only_on_16_18_18_4_and_later(
-    test_asterisk_factory: AsteriskFactory, version: str, applies: bool
+    stand_in_factory: StandInFactory, version: str, applies: bool
 ) -> None:
-    server = test_asterisk_factory(version=version)
+    server = stand_in_factory(version=version)
     rewrite(server.config_dir / "pjsip.conf", NEW_ADDRESS)
     cli(server, "module reload res_pjsip.so")
     # Sorcery holds the new object either way, so the display changes on every version ...
@@ -721,9 +721,9 @@ def test_reload_applies_external_addresses_only_on_16_18_18_4_and_later(
 
 
 def test_allow_reload_yes_rebuilds_the_transport_on_old_versions_too(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
-    server = test_asterisk_factory(version="16.10.0")
+    server = stand_in_factory(version="16.10.0")
     config = NEW_ADDRESS.replace("allow_reload = no", "allow_reload = yes")
     rewrite(server.config_dir / "pjsip.conf", config.replace("5070", "5071"))
     cli(server, "module reload res_pjsip.so")
@@ -732,9 +732,9 @@ def test_allow_reload_yes_rebuilds_the_transport_on_old_versions_too(
     )
 
 
-def test_the_reload_action_and_its_reload_time(test_asterisk_factory: AsteriskFactory) -> None:
+def test_the_reload_action_and_its_reload_time(stand_in_factory: StandInFactory) -> None:
     clock = Clock(STARTED)
-    server = test_asterisk_factory(clock=clock)
+    server = stand_in_factory(clock=clock)
     rewrite(server.config_dir / "pjsip.conf", NEW_ADDRESS)
     clock.now = RELOADED
     with Ami(server) as ami:
@@ -757,9 +757,9 @@ SIP_CONF = "[general]\nexternaddr = 203.0.113.5\nlocalnet = 192.168.0.0/16\n"
 
 
 def test_sip_show_settings_shows_externaddr_and_sip_reload_rereads_it(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
-    server = test_asterisk_factory(version="20.11.0", files={"sip.conf": SIP_CONF})
+    server = stand_in_factory(version="20.11.0", files={"sip.conf": SIP_CONF})
     shown = cli(server, "sip show settings")
     assert "  SIP address remapping:  Enabled using externaddr\n" in shown
     assert "  Externaddr:             203.0.113.5:0\n" in shown
@@ -772,9 +772,9 @@ def test_sip_show_settings_shows_externaddr_and_sip_reload_rereads_it(
     assert server.sip_settings.externaddr == "203.0.113.7:0"
 
 
-def test_asterisk_22_has_no_chan_sip(test_asterisk: AsteriskServer) -> None:
-    assert cli(test_asterisk, "sip reload").startswith("No such command 'sip reload'")
-    assert cli(test_asterisk, "module reload chan_sip.so") == "No such module 'chan_sip.so'\n"
+def test_asterisk_22_has_no_chan_sip(stand_in: StandInAsterisk) -> None:
+    assert cli(stand_in, "sip reload").startswith("No such command 'sip reload'")
+    assert cli(stand_in, "module reload chan_sip.so") == "No such module 'chan_sip.so'\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -783,10 +783,10 @@ def test_asterisk_22_has_no_chan_sip(test_asterisk: AsteriskServer) -> None:
 
 
 def test_a_restart_drops_calls_and_connections_and_rereads_the_config(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
     clock = Clock(STARTED)
-    server = test_asterisk_factory(version="16.10.0", clock=clock, restart_downtime=1.0)
+    server = stand_in_factory(version="16.10.0", clock=clock, restart_downtime=1.0)
     rewrite(server.config_dir / "pjsip.conf", NEW_ADDRESS)
     cli(server, "module reload res_pjsip.so")
     server.set_calls(2)
@@ -803,14 +803,14 @@ def test_a_restart_drops_calls_and_connections_and_rereads_the_config(
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((server.host, server.ami_port), timeout=DEADLINE).close()
     assert not server.console_path.exists()
-    wait_until(lambda: server.running, DEADLINE, "the test Asterisk to come back")
+    wait_until(lambda: server.running, DEADLINE, "the stand-in Asterisk to come back")
     effective = server.effective_transport("transport-udp-nat")
     assert effective is not None and effective.external_signaling_address == "203.0.113.77"
     assert (server.active_calls, server.startup_time, server.restart_count) == (0, RELOADED, 1)
 
 
-def test_a_graceful_restart_waits_for_the_last_call(test_asterisk_factory: AsteriskFactory) -> None:
-    server = test_asterisk_factory(restart_downtime=0.1)
+def test_a_graceful_restart_waits_for_the_last_call(stand_in_factory: StandInFactory) -> None:
+    server = stand_in_factory(restart_downtime=0.1)
     server.set_calls(1)
     with Ami(server) as first, Ami(server) as second:
         first.login()
@@ -830,26 +830,26 @@ def test_a_graceful_restart_waits_for_the_last_call(test_asterisk_factory: Aster
 
 
 def test_an_aborted_graceful_restart_answers_and_keeps_running(
-    test_asterisk: AsteriskServer,
+    stand_in: StandInAsterisk,
 ) -> None:
-    test_asterisk.set_calls(1)
-    with Ami(test_asterisk) as ami:
+    stand_in.set_calls(1)
+    with Ami(stand_in) as ami:
         ami.login()
         ami.action("Command", "graceful", Command="core restart gracefully")
         wait_until(
-            lambda: "cannot be run during shutdown" in cli(test_asterisk, "core show version"),
+            lambda: "cannot be run during shutdown" in cli(stand_in, "core show version"),
             DEADLINE,
             "the shutdown to be pending",
         )
-        assert cli(test_asterisk, "core abort shutdown") == ""
+        assert cli(stand_in, "core abort shutdown") == ""
         assert dict(ami.response("graceful"))["Response"] == "Success"
-    assert test_asterisk.running and test_asterisk.restart_count == 0
+    assert stand_in.running and stand_in.restart_count == 0
 
 
 def test_a_server_that_is_not_running_refuses_both_sockets(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
-    server = test_asterisk_factory(running=False)
+    server = stand_in_factory(running=False)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((server.host, server.ami_port), timeout=DEADLINE).close()
     with pytest.raises(FileNotFoundError):
@@ -859,12 +859,12 @@ def test_a_server_that_is_not_running_refuses_both_sockets(
     assert server.boot_count == 1
 
 
-def test_core_stop_now_ends_the_console_silently(test_asterisk: AsteriskServer) -> None:
+def test_core_stop_now_ends_the_console_silently(stand_in: StandInAsterisk) -> None:
     recorded = (RECORDED / "cli_12_core_stop_now.txt").read_text()
     assert recorded.split("\n")[1] == "[rc=0]"
-    assert cli(test_asterisk, "core stop now") == ""
-    wait_until(lambda: not test_asterisk.running, DEADLINE, "Asterisk to stop")
-    assert test_asterisk.restart_count == 0
+    assert cli(stand_in, "core stop now") == ""
+    wait_until(lambda: not stand_in.running, DEADLINE, "Asterisk to stop")
+    assert stand_in.restart_count == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -872,9 +872,9 @@ def test_core_stop_now_ends_the_console_silently(test_asterisk: AsteriskServer) 
 # ---------------------------------------------------------------------------------------------
 
 
-def test_a_hung_command_never_answers_but_others_are_served(test_asterisk: AsteriskServer) -> None:
-    test_asterisk.faults.hang_commands = ("module reload",)
-    with Ami(test_asterisk, timeout=0.3) as hung, Ami(test_asterisk) as other:
+def test_a_hung_command_never_answers_but_others_are_served(stand_in: StandInAsterisk) -> None:
+    stand_in.faults.hang_commands = ("module reload",)
+    with Ami(stand_in, timeout=0.3) as hung, Ami(stand_in) as other:
         hung.login()
         hung.action("Command", "1", Command="module reload res_pjsip.so")
         with pytest.raises(TimeoutError):
@@ -882,45 +882,45 @@ def test_a_hung_command_never_answers_but_others_are_served(test_asterisk: Aster
         other.login()
         assert other.command("core show version")[0] == "Success"
         with pytest.raises(TimeoutError):
-            rx(test_asterisk.console_path, "module reload", timeout=0.3)
-    test_asterisk.release_hung()
+            rx(stand_in.console_path, "module reload", timeout=0.3)
+    stand_in.release_hung()
 
 
-def test_a_dropped_command_ends_mid_answer(test_asterisk: AsteriskServer) -> None:
-    test_asterisk.faults.drop_commands = ("pjsip show transport",)
-    with Ami(test_asterisk) as ami:
+def test_a_dropped_command_ends_mid_answer(stand_in: StandInAsterisk) -> None:
+    stand_in.faults.drop_commands = ("pjsip show transport",)
+    with Ami(stand_in) as ami:
         ami.login()
         ami.action("Command", "1", Command="pjsip show transport transport-udp-nat")
         assert ami.until_closed() == (
             b"Response: Success\r\nActionID: 1\r\nMessage: Command output follows\r\nOutput: \r\n"
         )
-    assert rx(test_asterisk.console_path, "pjsip show transport transport-udp-nat")[1] == b"\n"
+    assert rx(stand_in.console_path, "pjsip show transport transport-udp-nat")[1] == b"\n"
 
 
-def test_a_dropped_action_ends_after_its_first_line(test_asterisk: AsteriskServer) -> None:
-    test_asterisk.faults.drop_actions = ("CoreStatus",)
-    with Ami(test_asterisk) as ami:
+def test_a_dropped_action_ends_after_its_first_line(stand_in: StandInAsterisk) -> None:
+    stand_in.faults.drop_actions = ("CoreStatus",)
+    with Ami(stand_in) as ami:
         ami.login()
         ami.action("CoreStatus", "1")
         assert ami.until_closed() == b"Response: Success\r\n"
 
 
-def test_everything_received_is_logged(test_asterisk: AsteriskServer) -> None:
-    with Ami(test_asterisk) as ami:
+def test_everything_received_is_logged(stand_in: StandInAsterisk) -> None:
+    with Ami(stand_in) as ami:
         ami.login()
         ami.command("core show channels count")
         ami.action("Logoff", "bye")
         assert dict(ami.response("bye"))["Response"] == "Goodbye"
-    cli(test_asterisk, "pjsip show transports")
-    assert test_asterisk.actions() == ["Login", "Command", "Logoff"]
-    assert test_asterisk.commands() == ["core show channels count", "pjsip show transports"]
-    assert ("Secret", "ipwatch-secret") in test_asterisk.received[0].headers
+    cli(stand_in, "pjsip show transports")
+    assert stand_in.actions() == ["Login", "Command", "Logoff"]
+    assert stand_in.commands() == ["core show channels count", "pjsip show transports"]
+    assert ("Secret", "ipwatch-secret") in stand_in.received[0].headers
 
 
 def test_stop_ends_promptly_with_clients_still_connected(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
-    server = test_asterisk_factory()
+    server = stand_in_factory()
     server.faults.hang_commands = ("core show version",)
     with Ami(server) as ami:
         ami.login()
@@ -934,10 +934,10 @@ def test_stop_ends_promptly_with_clients_still_connected(
 
 
 def test_the_clock_drives_the_uptime_and_the_settings(
-    test_asterisk_factory: AsteriskFactory,
+    stand_in_factory: StandInFactory,
 ) -> None:
     clock = Clock(STARTED)
-    server = test_asterisk_factory(clock=clock, maxcalls=50)
+    server = stand_in_factory(clock=clock, maxcalls=50)
     clock.now = STARTED + timedelta(hours=1, minutes=2, seconds=3)
     settings = cli(server, "core show settings").splitlines()
     assert "  Maximum calls:               50 (Current 0)" in settings
