@@ -1,22 +1,34 @@
 """Kind "upnp": the router's own idea of its public address, from its UPnP Internet Gateway
 Device (the SOAP action GetExternalIPAddress of WANIPConnection/WANPPPConnection).
 
-The protocol work is miniupnpc's (its PyPI wheel: C, no dependencies, imported only when a upnp
-source is asked): SSDP discovery, the device description, the SOAP call. Discovery costs at least
-a second (miniupnpc waits that long for answers, and four times as long when nobody answers), so
-the gateway found is kept for later rounds, and `url` skips discovery altogether.
+The protocol work is miniupnpc's (its PyPI wheel: C, no dependencies): SSDP discovery, the device
+description, the SOAP call. miniupnpc reads each answer whole and bounds only each socket
+operation, so a hostile LAN host (discovery finds anyone who answers) could stream a description
+for ever and fill the memory, or send a byte a second and hold the exchange for ever. The
+exchange therefore runs in a worker process (upnp_worker.py) whose address space is capped, and
+`ask` kills that process at the source's timeout: the exchange stops with it, so a new one never
+starts while an old one still runs, and nothing leaks from round to round.
 
-miniupnpc bounds only each socket operation, not the whole exchange, so the exchange runs in a
-helper thread and `ask` gives up at the source's timeout; the thread finishes on its own soon
-after (it is a daemon thread, so it never holds up an exit).
+The worker lives from one round to the next, keeping the gateway it found, since discovery costs
+at least a second (miniupnpc waits that long for answers, and four times as long when nobody
+answers); `url` skips discovery altogether. It costs about 10 MB and 10 ms to start, and is
+started with the same Python, in isolated mode (-I), by path: no import of ipwatch in it.
 """
 
 from __future__ import annotations
 
-import queue
+import atexit
+import contextlib
+import json
+import os
+import selectors
+import subprocess
+import sys
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from ipwatch.addresses import Family
@@ -29,6 +41,9 @@ NO_EXTERNAL_ADDRESS = (
     " connected); behind carrier-grade NAT only an outside source such as stun can tell the"
     " public address"
 )
+WORKER = Path(__file__).with_name("upnp_worker.py")
+# A worker's line is a progress note or an answer naming a URL: far below this.
+_MAX_LINE = 64 * 1024
 
 
 def parse_url(value: Any) -> str:
@@ -61,98 +76,120 @@ def serves(options: Options, family: Family) -> bool:
     return family == "ipv4"
 
 
-# Gateways that answered before, by the options that found them: later rounds skip discovery.
-_gateways: dict[Options, Any] = {}
+@dataclass
+class _Worker:
+    """One worker process and the last thing it said it was doing."""
+
+    process: subprocess.Popen[bytes]
+    progress: str = "starting"
+    buffer: bytes = b""
+
+
+# One worker per upnp source (by its options); the lock keeps each to one exchange at a time.
+_workers: dict[Options, _Worker] = {}
+_locks: dict[Options, threading.Lock] = {}
+_locks_lock = threading.Lock()
 
 
 def ask(options: Options, family: Family, timeout: float) -> str:
     """Return the external address the router reports; SourceError when it has none, cannot be
     found, or does not answer within `timeout`."""
-    outcome: queue.SimpleQueue[tuple[str, Exception | None]] = queue.SimpleQueue()
-    progress = ["starting"]
-
-    def work() -> None:
-        try:
-            outcome.put((_external_address(options, progress), None))
-        except Exception as error:  # handed to the asking thread, which raises it
-            outcome.put(("", error))
-
-    threading.Thread(target=work, name="upnp", daemon=True).start()
-    try:
-        address, error = outcome.get(timeout=timeout)
-    except queue.Empty:
-        _gateways.pop(options, None)
+    deadline = time.monotonic() + timeout
+    with _locks_lock:
+        lock = _locks.setdefault(options, threading.Lock())
+    if not lock.acquire(timeout=timeout):
         raise SourceError(
-            f"no UPnP answer within {format_duration(timeout)} (still {progress[-1]})"
-        ) from None
-    if error is not None:
-        raise error
-    return address
-
-
-def _external_address(options: Options, progress: list[str]) -> str:
-    gateway = _gateways.get(options)
-    address = None
-    if gateway is not None:
-        try:
-            address = _ask_gateway(gateway, progress)
-        except SourceError:
-            # The router restarted or moved to another port: look for it again.
-            _gateways.pop(options, None)
-    if address is None:
-        gateway = _find_gateway(options, progress)
-        address = _ask_gateway(gateway, progress)
-        _gateways[options] = gateway
-    if not address:
+            f"the last UPnP exchange is still running after {format_duration(timeout)}"
+        )
+    try:
+        reply = _exchange(options, deadline, timeout)
+    finally:
+        lock.release()
+    if "error" in reply:
+        raise SourceError(str(reply["error"]))
+    if "address" not in reply:
         raise NoPublicAddress(NO_EXTERNAL_ADDRESS)
-    return address
+    return str(reply["address"])
 
 
-def _find_gateway(options: Options, progress: list[str]) -> Any:
-    import miniupnpc
+def _exchange(options: Options, deadline: float, timeout: float) -> dict[str, Any]:
+    """Send one request to the options' worker and return its answer. At the deadline, or when
+    the worker misbehaves, kill it (the next round starts a new one)."""
+    worker = _workers.get(options)
+    if worker is None or worker.process.poll() is not None:
+        worker = _workers[options] = _start()
+    request = {"url": options.url, "discover_timeout": options.discover_timeout}
+    request["interface"] = options.interface
+    assert worker.process.stdin is not None
+    try:
+        worker.process.stdin.write(json.dumps(request).encode() + b"\n")
+        worker.process.stdin.flush()
+        while (message := _next_message(worker, deadline)) is not None:
+            if "progress" not in message:
+                return message
+            worker.progress = str(message["progress"])
+    except (OSError, ValueError) as error:
+        _stop(options)
+        return {"error": f"the UPnP worker process failed ({error}, {_ended(worker)})"}
+    _stop(options)
+    raise SourceError(f"no UPnP answer within {format_duration(timeout)} (still {worker.progress})")
 
-    gateway = miniupnpc.UPnP(
-        multicastif=options.interface, discoverdelay=round(options.discover_timeout * 1000)
+
+def _start() -> _Worker:
+    process = subprocess.Popen(
+        [sys.executable, "-I", str(WORKER)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
     )
-    if options.url is not None:
-        progress.append(f"reading the device description at {options.url}")
-        try:
-            gateway.selectigd(options.url)
-        except Exception as error:
-            raise SourceError(
-                f"no UPnP gateway description at {options.url} ({error}); check `url` and"
-                " that UPnP is enabled on the router"
-            ) from None
-        return gateway
-    progress.append("discovering the router (SSDP)")
-    try:
-        found = gateway.discover()
-    except Exception:  # miniupnpc raises Exception("Success") when nobody answered
-        found = 0
-    if not found:
-        where, other = (
-            (f"on {options.interface}", "")
-            if options.interface
-            else ("on the LAN", " (or `interface` when the host has several networks)")
-        )
-        raise SourceError(
-            f"no UPnP device answered discovery {where}; enable UPnP on the router,"
-            f" or set `url`{other}"
-        )
-    progress.append(f"reading the description of the {found} device(s) found")
-    try:
-        gateway.selectigd()
-    except Exception as error:
-        raise SourceError(
-            f"discovery found {found} UPnP device(s) but no Internet gateway among them ({error})"
-        ) from None
-    return gateway
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    return _Worker(process)
 
 
-def _ask_gateway(gateway: Any, progress: list[str]) -> str:
-    """The external address as the router's GetExternalIPAddress gives it, possibly empty."""
-    progress.append("waiting for GetExternalIPAddress")
-    try:
-        return str(gateway.externalipaddress()).strip()
-    except Exception as error:
-        raise SourceError(f"the router's UPnP GetExternalIPAddress failed ({error})") from None
+def _next_message(worker: _Worker, deadline: float) -> dict[str, Any] | None:
+    """The worker's next JSON line; None at the deadline. ValueError for a line that is not one."""
+    stdout = worker.process.stdout
+    assert stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(stdout.fileno(), selectors.EVENT_READ)
+        while b"\n" not in worker.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                return None
+            chunk = os.read(stdout.fileno(), _MAX_LINE)
+            if not chunk:
+                raise ValueError("it ended")
+            worker.buffer += chunk
+            if len(worker.buffer) > _MAX_LINE:
+                raise ValueError("an answer too long")
+    line, _, worker.buffer = worker.buffer.partition(b"\n")
+    message = json.loads(line)
+    if not isinstance(message, dict):
+        raise ValueError("not an answer")
+    return message
+
+
+def _ended(worker: _Worker) -> str:
+    code = worker.process.poll()
+    return "it was still running" if code is None else f"it ended with status {code}"
+
+
+def _stop(options: Options) -> None:
+    """Kill the options' worker and reap it: its exchange ends here, whatever the peer does."""
+    worker = _workers.pop(options, None)
+    if worker is None:
+        return
+    worker.process.kill()
+    worker.process.wait()
+    for stream in (worker.process.stdin, worker.process.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for options in list(_workers):
+        _stop(options)

@@ -7,12 +7,17 @@ never writes, reads, truncates, deletes or runs anything that user could point i
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import select
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -277,7 +282,7 @@ def test_a_fifo_swapped_in_for_an_included_file_does_not_hang_plan(
     previous = signal.signal(signal.SIGALRM, hung)
     signal.alarm(10)
     try:
-        with pytest.raises(ConfFileError, match="transports.conf: is a FIFO, not a regular file"):
+        with pytest.raises(ConfFileError, match=r"transports\.conf: is a FIFO, not a regular file"):
             conf.load_tree(etc / "pjsip.conf")
     finally:
         signal.alarm(0)
@@ -422,3 +427,189 @@ def test_a_hook_is_run_as_the_file_that_was_checked(lab: Path) -> None:
     results = run_hooks(HooksConfig(str(hooks), 5.0), synthetic_event("test"), "x")
     assert [(result.name, result.status) for result in results] == [("10-hook", "ok")]
     assert log.read_text() == f"test {hooks}\n"
+
+
+# --- 3. a hostile UPnP device ---------------------------------------------------------------
+
+MIB = 1024 * 1024
+HEADROOM = 64 * MIB  # what the issue allows above idle, whatever the peer sends
+
+
+class HostileDevice:
+    """An HTTP server on loopback whose rootDesc.xml never ends: sent as fast as it is read, or a
+    byte a second. Counts the connections open at once (a new exchange must not start while an
+    old one still reads)."""
+
+    def __init__(self, pace: float) -> None:
+        self.pace = pace
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.open = 0
+        self.most_open = 0
+        self.connections = 0
+        self.threads: list[threading.Thread] = []
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/rootDesc.xml"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+        for thread in [self.acceptor, *self.threads]:
+            thread.join(timeout=10)
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(connection,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        with self.lock:
+            self.open += 1
+            self.connections += 1
+            self.most_open = max(self.most_open, self.open)
+        try:
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n\r\n<root>")
+                chunk = b"<x/>" * 16384 if not self.pace else b"x"
+                while not self.stop.is_set():
+                    # Waiting on the socket, so a client gone is noticed at once.
+                    ready = select.select([connection], [], [], self.pace)[0]
+                    if ready and not connection.recv(65536):
+                        return
+                    connection.sendall(chunk)
+        except OSError:
+            pass  # the client went away: what a bounded client does
+        finally:
+            with self.lock:
+                self.open -= 1
+
+
+@pytest.fixture(params=[0.0, 1.0], ids=["endless", "byte-a-second"])
+def hostile_device(request: pytest.FixtureRequest) -> Iterator[HostileDevice]:
+    device = HostileDevice(request.param)
+    yield device
+    device.close()
+
+
+def tree_rss(root: int) -> int:
+    """The resident memory of process `root` and all its descendants, in bytes."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as file:
+                fields = file.read().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        rss[int(entry)] = int(fields[21]) * page
+    total, pending = 0, [root]
+    while pending:
+        pid = pending.pop()
+        total += rss.get(pid, 0)
+        pending += children.get(pid, [])
+    return total
+
+
+def peak_rss(process: subprocess.Popen[str], seconds: float, ceiling: int) -> int:
+    """Sample the tree's memory every 10 ms for `seconds` (or until it exits); kill the tree at
+    `ceiling`, so that an unbounded client cannot take the machine down with it."""
+    peak = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        peak = max(peak, tree_rss(process.pid))
+        if peak > ceiling:
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)  # a sampling period, not a synchronisation
+    return peak
+
+
+def upnp_config(directory: Path, url: str, extra: str = "") -> Path:
+    config = directory / "ipwatch.toml"
+    config.write_text(
+        f'{extra}[[source]]\nkind = "upnp"\nurl = "{url}"\ntimeout = "2s"\n'
+        f'[hooks]\ndir = "{directory / "no-hooks"}"\n[asterisk]\ncontrol = "none"\n'
+    )
+    config.chmod(0o600)
+    return config
+
+
+def start(config: Path, state: Path, *command: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ipwatch", "-c", str(config), "--state-dir", str(state), *command],
+        cwd=REPOSITORY,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a group of its own, so the whole tree can be killed
+    )
+
+
+def idle_rss(lab: Path) -> int:
+    """The tree's peak running `sources` against a device that answers nothing at all."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/rootDesc.xml"
+        silent.close()  # refused: the exchange fails at once
+        process = start(upnp_config(lab, url), lab / "state", "sources")
+        peak = peak_rss(process, 30, 1024 * MIB)
+        process.communicate(timeout=30)
+    finally:
+        silent.close()
+    return peak
+
+
+def test_sources_stays_small_whatever_a_upnp_device_sends(
+    lab: Path, hostile_device: HostileDevice
+) -> None:
+    idle = idle_rss(lab)
+    process = start(upnp_config(lab, hostile_device.url), lab / "state", "sources", "--json")
+    peak = peak_rss(process, 30, idle + 8 * HEADROOM)
+    stdout, _ = process.communicate(timeout=30)
+    print(f"ipwatch sources: idle {idle / MIB:.1f} MiB, hostile peak {peak / MIB:.1f} MiB")
+    assert peak - idle < HEADROOM, f"{(peak - idle) / MIB:.0f} MiB above idle"
+    assert process.returncode == 2
+    (answer,) = json.loads(stdout)["ipv4"]
+    assert answer["error"] in (
+        f"no UPnP answer within 2s (still reading the device description at {hostile_device.url})",
+        # miniupnpc's word for an answer it could not hold within the worker's memory cap
+        f"no UPnP gateway description at {hostile_device.url} (No UPnP device discovered); check"
+        " `url` and that UPnP is enabled on the router",
+    )
+
+
+def test_the_daemon_neither_grows_nor_piles_up_exchanges(
+    lab: Path, hostile_device: HostileDevice
+) -> None:
+    idle = idle_rss(lab)
+    config = upnp_config(lab, hostile_device.url, 'interval = "1s"\nfast_confirm = "1s"\n')
+    daemon = start(config, lab / "state", "run")
+    try:
+        peak = peak_rss(daemon, 12, idle + 8 * HEADROOM)
+        threads = len(os.listdir(f"/proc/{daemon.pid}/task"))
+        peak = max(peak, peak_rss(daemon, 6, idle + 8 * HEADROOM))
+        assert len(os.listdir(f"/proc/{daemon.pid}/task")) <= threads  # no thread per round
+    finally:
+        if daemon.poll() is None:
+            os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.communicate(timeout=30)
+    print(f"ipwatch run: idle {idle / MIB:.1f} MiB, hostile peak {peak / MIB:.1f} MiB")
+    assert peak - idle < HEADROOM, f"{(peak - idle) / MIB:.0f} MiB above idle"
+    assert hostile_device.connections >= 3  # several rounds asked
+    assert hostile_device.most_open == 1
