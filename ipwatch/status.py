@@ -18,7 +18,21 @@ LABELS = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"
 
 
 def evaluate(state: dict[str, Any] | None, state_dir: str) -> dict[str, Any]:
-    """Return the `status --json` object: the state plus a verdict and the problems behind it."""
+    """Return the `status --json` object: the state plus a verdict and the problems behind it.
+
+    A state file of the wrong shape (edited by hand, or planted by whoever may write the state
+    directory) is UNKNOWN: Nagios' verdict for a check that cannot judge, never a crash.
+    """
+    try:
+        result = _evaluate(state, state_dir)
+        format_status(result)  # what the text form prints must come out of it too
+    except (AttributeError, KeyError, TypeError, ValueError):
+        problem = f"{state_dir}/state.json is damaged; move it away and run `ipwatch check` again"
+        return {"status": LABELS[UNKNOWN], "exit": UNKNOWN, "problems": [problem], "daemon": None}
+    return result
+
+
+def _evaluate(state: dict[str, Any] | None, state_dir: str) -> dict[str, Any]:
     if state is None:
         problem = f"no state in {state_dir} yet; run `ipwatch check` or start the daemon"
         return {"status": LABELS[UNKNOWN], "exit": UNKNOWN, "problems": [problem], "daemon": None}
