@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 MIB = 1024 * 1024
@@ -34,11 +35,18 @@ class Unfit(Exception):
         self.too_large = too_large
 
 
-def read_regular_file(path: Path | str, limit: int, *, follow_symlinks: bool = True) -> bytes:
+def read_regular_file(
+    path: Path | str,
+    limit: int,
+    *,
+    follow_symlinks: bool = True,
+    inspect: Callable[[int, os.stat_result], None] | None = None,
+) -> bytes:
     """Return the content of the regular file at `path`, which must hold at most `limit` bytes.
 
     Raise Unfit when it is something else (a FIFO, a device, a directory, with `follow_symlinks`
-    false a symbolic link) or larger, and OSError when it cannot be opened or read.
+    false a symbolic link) or larger, and OSError when it cannot be opened or read. `inspect`
+    sees the open descriptor and its status before anything is read, and may raise to refuse it.
     """
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     try:
@@ -54,6 +62,8 @@ def read_regular_file(path: Path | str, limit: int, *, follow_symlinks: bool = T
             raise Unfit(f"is {what}, not a regular file")
         if found.st_size > limit:
             raise Unfit(f"is {size_text(found.st_size)}", too_large=True)
+        if inspect is not None:
+            inspect(descriptor, found)
         data = _read_at_most(descriptor, limit + 1)
     finally:
         os.close(descriptor)

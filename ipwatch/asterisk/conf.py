@@ -31,7 +31,9 @@ import bisect
 import glob
 import heapq
 import os
+import pwd
 import re
+import stat
 import string
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -917,9 +919,12 @@ class _Loader:
     Each file is read from disk once and its parse reused; it is still visited at every include.
     """
 
-    def __init__(self, config_dir: Path, limits: Limits) -> None:
+    def __init__(self, config_dir: Path, limits: Limits, asterisk_user: str | None) -> None:
         self.config_dir = config_dir
         self.limits = limits
+        # As root: whose rights bound what is read and edited outside the config directory.
+        self.asterisk_user = asterisk_user if os.geteuid() == 0 else None
+        self._inside = os.path.realpath(config_dir) + os.sep
         self.sections = _Sections()
         self.execs: list[Directive] = []
         self._documents: dict[Path, Document] = {}
@@ -1001,8 +1006,35 @@ class _Loader:
 
     def _document(self, path: Path, top: bool) -> Document:
         if path not in self._documents:
-            self._documents[path] = read_document(path, self.limits.file_size, top=top)
+            inspect = self._on_behalf if self.asterisk_user else None
+            self._documents[path] = read_document(
+                path, self.limits.file_size, top=top, inspect=inspect
+            )
         return self._documents[path]
+
+    def _on_behalf(self, descriptor: int, found: os.stat_result) -> None:
+        """Refuse, before root reads it, a file outside the config directory that the Asterisk
+        user could not read and write: an `#include` would let that user make root edit it."""
+        assert self.asterisk_user is not None
+        # The file actually opened, whatever links led to it.
+        real = os.readlink(f"/proc/self/fd/{descriptor}")
+        if real.startswith(self._inside):
+            return
+        user = self.asterisk_user
+        chain = f"{' -> '.join(self._trail)}: " if self._trail else ""
+        try:
+            allowed = _may_read_and_write(pwd.getpwnam(user), found)
+        except KeyError:
+            raise ConfFileError(
+                f"{chain}{real} is outside {self.config_dir}, and asterisk.user {user!r} is no"
+                " user here to check it against; set asterisk.user to the user Asterisk runs as"
+            ) from None
+        if not allowed:
+            raise ConfFileError(
+                f"{chain}{real} is outside {self.config_dir} and {user} (asterisk.user) cannot"
+                f" read and write it, so root will not edit it on Asterisk's behalf; move it into"
+                f" {self.config_dir} or let {user} read and write it"
+            )
 
     def _count(self, document: Document) -> Document:
         """Count one more reading of `document`; refuse a tree that reads too much."""
@@ -1027,14 +1059,21 @@ class _Loader:
         return f"{path} line {directive.line}"
 
 
-def read_document(path: Path, limit: int = Limits.file_size, *, top: bool = True) -> Document:
+def read_document(
+    path: Path,
+    limit: int = Limits.file_size,
+    *,
+    top: bool = True,
+    inspect: Callable[[int, os.stat_result], None] | None = None,
+) -> Document:
     """Read and parse the Asterisk config file at `path`, which must be a regular file.
 
     Never blocks (a FIFO) and reads at most `limit` bytes (`/dev/zero`, a huge file); raise
-    ConfFileError naming the file and what to do otherwise. `top`: the file a target names.
+    ConfFileError naming the file and what to do otherwise. `top`: the file a target names;
+    `inspect` may refuse the opened file before it is read (see read_regular_file).
     """
     try:
-        data = read_regular_file(path, limit)
+        data = read_regular_file(path, limit, inspect=inspect)
     except (OSError, Unfit) as problem:
         raise ConfFileError(_unreadable(path, problem, limit, top)) from None
     return Document.parse(data, str(path))
@@ -1052,6 +1091,17 @@ def read_optional_document(path: Path) -> Document | None:
             return None
         raise ConfFileError(_unreadable(path, problem, Limits.file_size, True)) from None
     return Document.parse(data, str(path))
+
+
+def _may_read_and_write(account: pwd.struct_passwd, found: os.stat_result) -> bool:
+    """Whether the file's permission bits let `account` read and write it (ACLs aside)."""
+    if found.st_uid == account.pw_uid:
+        need = stat.S_IRUSR | stat.S_IWUSR
+    elif found.st_gid in os.getgrouplist(account.pw_name, account.pw_gid):
+        need = stat.S_IRGRP | stat.S_IWGRP
+    else:
+        need = stat.S_IROTH | stat.S_IWOTH
+    return found.st_mode & need == need
 
 
 def _unreadable(path: Path, problem: OSError | Unfit, limit: int, top: bool) -> str:
@@ -1088,7 +1138,12 @@ def _braces(pattern: str) -> list[str]:
     return [pattern]
 
 
-def load_tree(top: Path, config_dir: Path | None = None, limits: Limits = DEFAULT_LIMITS) -> Tree:
+def load_tree(
+    top: Path,
+    config_dir: Path | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    asterisk_user: str | None = None,
+) -> Tree:
     """Read `top` and, recursively, every file it includes.
 
     Relative include paths start from `config_dir` (Asterisk's astetcdir), by default the top
@@ -1096,7 +1151,11 @@ def load_tree(top: Path, config_dir: Path | None = None, limits: Limits = DEFAUL
     too large, an `#include` matches no file, includes nest more than 10 deep, form a cycle or
     read more than `limits` allow, or an `(+)` section adds to nothing. A `#tryinclude` that
     matches nothing is skipped; `#exec` is recorded in `Tree.execs`, not run.
+
+    Run as root with `asterisk_user` (asterisk.user), a file outside `config_dir` that this user
+    could not read and write is refused before it is read: whoever may edit Asterisk's files
+    could otherwise `#include` any file of root's and have ipwatch rewrite it.
     """
-    loader = _Loader(top.parent if config_dir is None else config_dir, limits)
+    loader = _Loader(top.parent if config_dir is None else config_dir, limits, asterisk_user)
     loader.load(top, (), None, None, (top.resolve(),))
     return Tree(top, loader.sections, tuple(loader.execs))

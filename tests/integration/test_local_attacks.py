@@ -613,3 +613,57 @@ def test_the_daemon_neither_grows_nor_piles_up_exchanges(
     assert peak - idle < HEADROOM, f"{(peak - idle) / MIB:.0f} MiB above idle"
     assert hostile_device.connections >= 3  # several rounds asked
     assert hostile_device.most_open == 1
+
+
+# --- includes outside Asterisk's config directory -------------------------------------------
+
+
+def outside_include(lab: Path) -> tuple[Path, Path]:
+    """Asterisk's directory, the asterisk user's (nobody's), whose pjsip.conf includes a file
+    of root's elsewhere; return the top file and root's file."""
+    etc = lab / "etc-asterisk"
+    etc.mkdir()
+    private = lab / "root-only"
+    private.mkdir(mode=0o700)
+    theirs = private / "transports.conf"
+    theirs.write_text(PJSIP)
+    theirs.chmod(0o600)
+    top = etc / "pjsip.conf"
+    top.write_text(f"[global]\ntype = global\n#include {theirs}\n")
+    for path in (etc, top):
+        give(path)
+    return top, theirs
+
+
+def test_root_does_not_edit_an_included_file_the_asterisk_user_could_not(lab: Path) -> None:
+    need_root()
+    from ipwatch.asterisk.conf import load_tree
+    from ipwatch.errors import ConfFileError
+
+    top, theirs = outside_include(lab)
+    name = pwd.getpwuid(NOBODY).pw_name
+    with pytest.raises(ConfFileError) as refused:
+        load_tree(top, asterisk_user=name)
+    assert str(refused.value) == (
+        f"{top} line 3: {theirs} is outside {top.parent} and {name} (asterisk.user) cannot read"
+        f" and write it, so root will not edit it on Asterisk's behalf; move it into"
+        f" {top.parent} or let {name} read and write it"
+    )
+    assert refused.value.exit_status == 78
+    # What the asterisk user may read and write, inside the directory or out, is still followed.
+    give(theirs)
+    assert theirs in load_tree(top, asterisk_user=name).documents
+    theirs.rename(top.parent / "transports.conf")
+    top.write_text("#include transports.conf\n")
+    os.chown(top.parent / "transports.conf", 0, 0)
+    assert top.parent / "transports.conf" in load_tree(top, asterisk_user=name).documents
+
+
+def test_an_asterisk_user_that_does_not_exist_is_named(lab: Path) -> None:
+    need_root()
+    from ipwatch.asterisk.conf import load_tree
+    from ipwatch.errors import ConfFileError
+
+    top, theirs = outside_include(lab)
+    with pytest.raises(ConfFileError, match=r"asterisk\.user 'no-such-user' is no user here"):
+        load_tree(top, asterisk_user="no-such-user")
