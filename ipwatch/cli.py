@@ -33,31 +33,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EX_USAGE, f"{self.prog}: {message}\n")
 
 
+class _CommandParser(_Parser):
+    """A command's parser: the global options are accepted after the command too (`ipwatch
+    config check -c x.toml`), as Debian's tools do."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        after_command = argparse.ArgumentParser(add_help=False)
+        _add_global_options(after_command, default=argparse.SUPPRESS)
+        super().__init__(parents=[after_command], **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ipwatch",
         description="Keep Asterisk's public address right when the router's public IP changes.",
         epilog="Exit statuses: see `ipwatch COMMAND --help`; 64 bad usage, 78 config error.",
     )
-    parser.add_argument(
-        "-c",
-        "--config",
-        metavar="CONFIG",
-        help="config file (default: $IPWATCH_CONFIG or /etc/ipwatch/ipwatch.toml)",
-    )
-    parser.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        help="state directory (default: $IPWATCH_STATE_DIR, $STATE_DIRECTORY, /var/lib/ipwatch)",
-    )
-    loudness = parser.add_mutually_exclusive_group()
-    loudness.add_argument(
-        "-v", "--verbose", action="store_true", help="debug logs, tracebacks on errors"
-    )
-    loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-    parser.add_argument("--version", action="version", version=f"ipwatch {__version__}")
+    _add_global_options(parser, default=None)
+    parser.add_argument("-V", "--version", action="version", version=f"ipwatch {__version__}")
     commands = parser.add_subparsers(
-        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+        dest="command", metavar="COMMAND", required=True, parser_class=_CommandParser
     )
 
     check = _command(
@@ -118,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         needs_config=False,
     )
     config = commands.add_parser("config", help="configuration commands")
-    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    config_commands = config.add_subparsers(
+        dest="config_command", metavar="ACTION", required=True, parser_class=_CommandParser
+    )
     _command(
         config_commands,
         "check",
@@ -128,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         " 78 invalid.",
     )
     hooks = commands.add_parser("hooks", help="hook commands")
-    hooks_commands = hooks.add_subparsers(dest="hooks_command", metavar="ACTION", required=True)
+    hooks_commands = hooks.add_subparsers(
+        dest="hooks_command", metavar="ACTION", required=True, parser_class=_CommandParser
+    )
     hooks_test = _command(
         hooks_commands,
         "test",
@@ -155,6 +154,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """The options of every command; `default` SUPPRESS leaves an unset one out of the result,
+    so after a command it does not undo the same option given before it."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="CONFIG",
+        default=default,
+        help="config file (default: $IPWATCH_CONFIG or /etc/ipwatch/ipwatch.toml)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=default,
+        help="state directory (default: $IPWATCH_STATE_DIR, $STATE_DIRECTORY, /var/lib/ipwatch)",
+    )
+    loudness = parser.add_mutually_exclusive_group()
+    flag = False if default is None else default
+    loudness.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=flag,
+        help="debug logs, tracebacks on errors",
+    )
+    loudness.add_argument(
+        "-q", "--quiet", action="store_true", default=flag, help="log warnings and errors only"
+    )
+
+
 Handler = Callable[[argparse.Namespace, "Config | None"], int]
 
 
@@ -179,7 +208,10 @@ def _command(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose and args.quiet:  # one before the command, the other after it
+        parser.error("argument -q/--quiet: not allowed with argument -v/--verbose")
     needs_config = getattr(args, "needs_config", True)
     if needs_config:  # `status` and `demo` log nothing; sparing `logging` keeps status fast
         _setup_logging(args.verbose, args.quiet or not getattr(args, "info_logs", True))
