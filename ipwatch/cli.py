@@ -321,7 +321,7 @@ def _plan(args: argparse.Namespace, config: Config | None) -> int:
     if args.json:
         _print_json(result)
     else:
-        print(result["diff"] or "# in sync: nothing to change", end="" if result["diff"] else "\n")
+        print(report.format_plan(result), end="")
     return report.check_exit_status(result)
 
 

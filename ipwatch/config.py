@@ -78,12 +78,15 @@ class _UpdaterCommon:
 
 @dataclass(frozen=True)
 class TargetConfig:
-    kind: Literal["pjsip", "chan_sip"]
-    file: str
+    kind: Literal["pjsip", "chan_sip", "freepbx"]
+    file: str = ""  # pjsip, chan_sip: the top file
+    dir: str = "/etc/asterisk"  # freepbx: the config directory FreePBX writes
     name: str | None = None
     transports: tuple[str, ...] = ()
     signaling: bool = True
     media: bool = True
+    # Set for the parts a freepbx target expands into (ipwatch.reconcile.expand), not a key.
+    freepbx: bool = field(default=False, metadata=_NOT_A_KEY)
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ class Config:
     quorum: Quorum = "majority"
     families: tuple[Family, ...] = ("ipv4",)
     accept: tuple[Network, ...] = ()
+    # Host-name configs: the longest wait for the name to resolve to a new address.
+    dns_wait: Duration = 600.0
     source: tuple[SourceConfig, ...] = field(default=(), metadata=_NOT_A_KEY)
     target: tuple[TargetConfig, ...] = ()
     asterisk: AsteriskConfig = field(default_factory=AsteriskConfig)
@@ -343,8 +348,21 @@ def _check_consistency(config: Config, source_tables: Any, errors: list[str]) ->
     if not config.families:
         errors.append('families: empty; list at least one of "ipv4", "ipv6"')
     _check_ami_host(config.asterisk, errors)
+    _check_targets(config.targets, errors)
     if len(set(config.families)) != len(config.families):
         errors.append("families: a family is listed twice; list each once")
+
+
+def _check_targets(targets: tuple[TargetConfig, ...], errors: list[str]) -> None:
+    for index, target in enumerate(targets):
+        where = f"target[{index}]"
+        if target.kind == "freepbx" and target.file:
+            errors.append(
+                f'{where}.file: kind "freepbx" takes the directory FreePBX writes; set dir'
+                ' (default "/etc/asterisk") instead'
+            )
+        elif target.kind != "freepbx" and not target.file:
+            errors.append(f'{where}.file: missing; this key is required for kind "{target.kind}"')
 
 
 def _check_ami_host(settings: AsteriskConfig, errors: list[str]) -> None:
@@ -352,9 +370,9 @@ def _check_ami_host(settings: AsteriskConfig, errors: list[str]) -> None:
     if settings.control != "ami" or settings.allow_remote_ami or _is_loopback(host):
         return
     errors.append(
-        f"asterisk.ami.host: {host} is not a loopback address and AMI sends its secret in clear"
-        " text; use 127.0.0.1 (tunnel a remote Asterisk's AMI over SSH or TLS), or set"
-        " allow_remote_ami = true in [asterisk] to accept the risk"
+        f"asterisk.ami.host: {host} is not a loopback address and an AMI session is clear text"
+        " (and its owner cannot be checked); use 127.0.0.1 (tunnel a remote Asterisk's AMI over"
+        " SSH or TLS), or set allow_remote_ami = true in [asterisk] to accept the risk"
     )
 
 

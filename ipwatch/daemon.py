@@ -471,11 +471,11 @@ class Daemon:
 
     def watched_files(self) -> list[Path]:
         files = [Path(self.config.path)]
-        for target in self.config.targets:
+        for part in (p for target in self.config.targets for p in reconcile.expand(target)):
             try:
-                files += reconcile.load(target).tree.documents
+                files += reconcile.load(part).tree.documents
             except IpwatchError:
-                files.append(Path(target.file))  # reported by the round; watch for a fix
+                files.append(Path(part.file))  # reported by the round; watch for a fix
         return files
 
 

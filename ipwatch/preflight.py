@@ -35,12 +35,12 @@ def _target_problems(config: Config) -> list[str]:
     loaded: list[Loaded] = []
     for index, target in enumerate(config.targets):
         try:
-            item = reconcile.load(target)
-            make_plan([item], addresses)
+            items = [reconcile.load(part) for part in reconcile.expand(target)]
+            make_plan(items, addresses)
         except IpwatchError as error:
             found.append(f"{config.path}: target[{index}]: {error}")
         else:
-            loaded.append(item)
+            loaded += items
     if not found:
         try:
             make_plan(loaded, addresses)  # what only shows across targets: a file in two

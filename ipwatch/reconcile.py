@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,7 +27,7 @@ from ipwatch.asterisk.link import (
     open_link,
 )
 from ipwatch.asterisk.peer import AsteriskImpostor
-from ipwatch.asterisk.targets import TargetPlan
+from ipwatch.asterisk.targets import GENERATED_SIP, TargetPlan
 from ipwatch.config import AsteriskConfig, Config, TargetConfig
 from ipwatch.decide import Decision
 from ipwatch.errors import ConfigError, IpwatchError
@@ -40,6 +40,21 @@ STARTED = time.time()
 # `status` turns WARNING into CRITICAL once Asterisk has run an old address for `drain` and this.
 CRITICAL_MARGIN = 300.0
 log = logging.getLogger("ipwatch")
+
+
+def expand(target: TargetConfig) -> tuple[TargetConfig, ...]:
+    """The targets a [[target]] stands for: a freepbx one is FreePBX's PJSIP files, and its
+    chan_sip files where FreePBX writes them (sip_general_additional.conf exists)."""
+    if target.kind != "freepbx":
+        return (target,)
+    directory = Path(target.dir)
+    name = target.name or "freepbx"
+    pjsip = replace(target, kind="pjsip", file=str(directory / "pjsip.conf"), name=name)
+    parts = [replace(pjsip, freepbx=True)]
+    if (directory / GENERATED_SIP).exists():
+        sip = str(directory / "sip.conf")
+        parts.append(replace(target, kind="chan_sip", file=sip, name=f"{name}-sip", freepbx=True))
+    return tuple(parts)
 
 
 def load(target: TargetConfig) -> Loaded:
@@ -60,7 +75,9 @@ def confirmed(decisions: Mapping[Family, Decision]) -> dict[Family, str]:
 
 def plan(config: Config, addresses: Mapping[Family, str]) -> Plan:
     """What the targets' files must become for `addresses` (only confirmed ones are passed)."""
-    return make_plan([load(target) for target in config.targets], addresses)
+    return make_plan(
+        [load(part) for target in config.targets for part in expand(target)], addresses
+    )
 
 
 def apply(plan: Plan, state_dir: Path) -> Applied:
@@ -141,6 +158,8 @@ def converge(
     addresses = confirmed(decisions)
     the_plan = plan(config, addresses)
     result = report.check_result(decisions, writer.current, the_plan)
+    # What the targets say besides edits (FreePBX's own address, host names) is for `status`.
+    writer.save({**writer.current, "notes": [n for t in the_plan.targets for n in t.notes]})
     fresh = _unannounced(decisions, writer.current)
     for family in decisions:
         result[family]["changed"] = family in fresh
@@ -312,6 +331,13 @@ class Asterisk:
             raise AsteriskUnavailable("Asterisk was unreachable; asked again later")
         return open_link(self.settings, self.secret)
 
+    def live(self, link: Link) -> Asterisk:
+        """These targets less those whose module this Asterisk has not loaded."""
+        modules = {t.module for t in self.targets if t.module is not None}
+        loaded = {module for module in modules if control.module_loaded(link, module)}
+        kept = tuple(t for t in self.targets if t.module is None or t.module in loaded)
+        return self if len(kept) == len(self.targets) else replace(self, targets=kept)
+
     def expected(self) -> dict[str, dict[str, dict[str, str]]]:
         merged: dict[str, dict[str, dict[str, str]]] = {}
         for target in self.targets:
@@ -326,7 +352,7 @@ class Asterisk:
             try:
                 problems = [
                     problem
-                    for kind, values in self.expected().items()
+                    for kind, values in self.live(link).expected().items()
                     for problem in control.mismatches(link, kind, values)
                 ]
             finally:
@@ -359,16 +385,17 @@ class Asterisk:
         when Asterisk cannot be reached (the files stay: they are right for when it starts).
         Without `applied` (only Asterisk was behind) there is nothing to roll back to.
         """
-        teller = _Teller(self.connect, self.kinds, self.settings.drain, progress)
         try:
-            link = teller.connect()
+            link = self.connect()
+            live = self.live(link)
+            teller = _Teller(self.connect, live.kinds, self.settings.drain, progress)
             action = control.choose_action(self.settings.apply, link.version(), teller.kinds)
         except AsteriskError as error:
             log.error("asterisk: %s; the reload stays pending", error)
             return {"action": "pending", "verified": False, "error": str(error)}
         try:
             link = teller.act(link, action)
-            problems = control.settle(link, self.expected()) if self.settings.verify else []
+            problems = control.settle(link, live.expected()) if self.settings.verify else []
             if problems:
                 raise AsteriskError("; ".join(problems))
         except AsteriskError as error:
@@ -377,7 +404,7 @@ class Asterisk:
                 log.error("asterisk: %s", reason)
                 return {"action": action, "verified": False, "error": reason}
             restore(applied)
-            teller.again(action, _old_values(self.targets))
+            teller.again(action, _old_values(live.targets))
             reason = f"Asterisk did not take the new address ({error}); the files were rolled back"
             log.error("asterisk: %s", reason)
             return {"action": action, "verified": False, "rolled_back": True, "error": reason}

@@ -31,6 +31,23 @@ def check_result(
     return result
 
 
+def format_plan(result: Mapping[str, Any]) -> str:
+    """`plan`'s text: the notes and what Asterisk runs as `#` lines (which patch(1) skips),
+    then the diff, or why nothing is to be changed."""
+    lines = [f"# note: {note}" for target in result["targets"] for note in target["notes"]]
+    running = result.get("running") or {}
+    lines += [f"# asterisk: {problem}" for problem in running.get("problems") or []]
+    if running.get("error"):
+        lines.append(f"# asterisk: {running['error']}; whether it runs the address is unknown")
+    if result["diff"]:
+        return "\n".join(lines) + ("\n" if lines else "") + str(result["diff"])
+    if running.get("problems"):
+        lines.append("# the files are right; `ipwatch check --apply` makes Asterisk reload them")
+    elif not running.get("error"):
+        lines.append("# in sync: nothing to change")
+    return "\n".join(lines) + "\n"
+
+
 def check_exit_status(result: Mapping[str, Any]) -> int:
     """SPEC.md: 0 in sync, 1 drift not applied, 2 no confirmed address."""
     families = [result[f] for f in FAMILIES if result.get(f) is not None]

@@ -67,6 +67,7 @@ def _evaluate(state: dict[str, Any] | None, state_dir: str) -> dict[str, Any]:
         "changes": state.get("changes") or [],
         "pending": state.get("pending") or [],
         "asterisk": state.get("asterisk"),
+        "notes": state.get("notes") or [],
         "daemon": daemon,
         "updated": state.get("updated"),
     }
@@ -173,6 +174,7 @@ def format_status(result: dict[str, Any]) -> str:
             f" at {change['at']}"
         )
     lines += [f"problem: {problem}" for problem in result["problems"]]
+    lines += [f"note: {note}" for note in result.get("notes") or []]
     lines.append(_daemon_line(result))
     return "\n".join([headline, *lines])
 

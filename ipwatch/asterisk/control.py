@@ -67,6 +67,16 @@ def active_calls(link: Link) -> int:
     return int(match.group(1))
 
 
+def module_loaded(link: Link, module: str) -> bool:
+    """Whether Asterisk runs `module` (e.g. "chan_sip.so"), from `module show like`."""
+    output = link.command(f"module show like {module}", COMMAND_TIMEOUT)
+    # A module that declined to load (chan_sip without sip.conf) is listed "Not Running".
+    return any(
+        line.split()[:1] == [module] and re.search(r"(?<!Not )\bRunning\b", line) is not None
+        for line in output.splitlines()
+    )
+
+
 def reload(link: Link, kinds: set[str]) -> None:
     if "pjsip" in kinds:
         output = link.command("module reload res_pjsip.so", COMMAND_TIMEOUT)

@@ -374,7 +374,8 @@ def test_log_lines_carry_journald_priorities_when_journald_reads_stderr(tmp_path
 
 def test_config_check_reads_the_targets_and_the_secret_files(tmp_path: Path) -> None:
     pjsip = tmp_path / "pjsip.conf"
-    pjsip.write_text("[transport-udp]\ntype = transport\nbind = 0.0.0.0\n")
+    original = "[transport-udp]\ntype = transport\nbind = 0.0.0.0\nlocal_net = 192.168.1.0/24\n"
+    pjsip.write_text(original)
     broken = tmp_path / "broken.conf"
     broken.write_text("#include missing.conf\n")
     config = tmp_path / "ipwatch.toml"
@@ -414,7 +415,7 @@ def test_config_check_reads_the_targets_and_the_secret_files(tmp_path: Path) -> 
     )
     finished = run_ipwatch("config", "check", config=config)
     assert finished.returncode == 0, finished.stderr
-    assert pjsip.read_text() == "[transport-udp]\ntype = transport\nbind = 0.0.0.0\n"
+    assert pjsip.read_text() == original
 
 
 def test_hooks_test_with_a_missing_hooks_dir_fails_naming_it(tmp_path: Path) -> None:

@@ -320,8 +320,9 @@ def test_ami_elsewhere_needs_allow_remote_ami(host: str, tmp_path: Path) -> None
     refused = run_ipwatch("config", "check", config=config)
     assert (refused.returncode, refused.stderr) == (
         78,
-        f"ipwatch: {config}: asterisk.ami.host: {host} is not a loopback address and AMI sends"
-        " its secret in clear text; use 127.0.0.1 (tunnel a remote Asterisk's AMI over SSH or"
+        f"ipwatch: {config}: asterisk.ami.host: {host} is not a loopback address and an AMI"
+        " session is clear text (and its owner cannot be checked); use 127.0.0.1 (tunnel a"
+        " remote Asterisk's AMI over SSH or"
         " TLS), or set allow_remote_ami = true in [asterisk] to accept the risk\n",
     )
     for table in (f'allow_remote_ami = true\nami = {{ host = "{host}" }}', 'control = "console"'):
