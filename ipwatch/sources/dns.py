@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
@@ -116,11 +117,7 @@ def exchange(query: dns.message.Message, server: HostPort, timeout: float) -> dn
     label = server_label(server)
     deadline = time.monotonic() + timeout
     try:
-        # ignore_unexpected/ignore_errors: a stray or forged datagram must not end the wait; only a
-        # reply from the server with our id and question counts (RFC 5452 §9.1).
-        response = dns.query.udp(
-            query, host, timeout, port, ignore_unexpected=True, ignore_errors=True
-        )
+        response = _udp(query, host, port, deadline)
         if response.flags & dns.flags.TC:
             response = dns.query.tcp(query, host, max(deadline - time.monotonic(), 0.0), port)
     except dns.exception.Timeout:
@@ -131,6 +128,40 @@ def exchange(query: dns.message.Message, server: HostPort, timeout: float) -> dn
         reason = str(error) or type(error).__name__
         raise ServerFailed(f"{label} sent an unusable answer ({reason})") from None
     return response
+
+
+def _udp(query: dns.message.Message, host: str, port: int, deadline: float) -> dns.message.Message:
+    """Send `query` over UDP and wait until `deadline` for the server's reply.
+
+    A stray, forged or garbled datagram must not end the wait: only a reply from the server with
+    our id and question counts (RFC 5452 §9.1). dnspython's `udp(ignore_errors=True)` does this
+    from 2.4 on; this loop does it with Debian 12's 2.3 as well.
+    """
+    import dns.exception
+    import dns.inet
+    import dns.message
+
+    with socket.socket(dns.inet.af_for_address(host), socket.SOCK_DGRAM) as sock:
+        sock.sendto(query.to_wire(), (host, port))
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                wire, sender = sock.recvfrom(65535)
+            except TimeoutError:
+                break
+            if not _same_address(sender, host, port):
+                continue
+            try:
+                response = dns.message.from_wire(wire)
+            except (dns.exception.DNSException, ValueError):
+                continue
+            if query.is_response(response):
+                return response
+    raise dns.exception.Timeout
+
+
+def _same_address(sender: tuple[Any, ...], host: str, port: int) -> bool:
+    return sender[1] == port and ipaddress.ip_address(sender[0]) == ipaddress.ip_address(host)
 
 
 def lowest_address(rrset: dns.rrset.RRset) -> str:
