@@ -3,10 +3,12 @@
 Wiring only; what to do in a round is rounds.py/decide.py and reconcile.py's business.
 
 Threads: the main thread waits for signals (through a wakeup fd, so handlers do nothing but wake
-it) and watches the wall clock. APScheduler runs every step — rounds, reconciling after a file
-event, reloading the config — on one worker thread, so steps never overlap, and on a second
-thread the watchdog ping, which stops when a step makes no progress for `WATCHDOG_USEC`. watchdog
-(the package) reports file events from its own thread, which only schedules a step.
+it) and for the push channels (pushes.py: each listens in a thread of its own and wakes the main
+loop through one more fd), and watches the wall clock. APScheduler runs every step — rounds,
+reconciling after a file event, reloading the config — on one worker thread, so steps never
+overlap, and on a second thread the watchdog ping, which stops when a step makes no progress
+for `WATCHDOG_USEC`. watchdog (the package) reports file events from its own thread, which only
+schedules a step.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from ipwatch.config import Config
 from ipwatch.decide import Decision, Tracking, decide
 from ipwatch.errors import IpwatchError
 from ipwatch.events import Announcer
+from ipwatch.health import AsteriskRetry, QuorumWatch
 from ipwatch.instance import InstanceLock
 from ipwatch.notify import Notifier, watchdog_interval
 from ipwatch.observe import observe
+from ipwatch.pushes import Debounce, Pushes
 from ipwatch.watch import FileWatcher
 
 log = logging.getLogger("ipwatch")
@@ -45,7 +49,6 @@ DEBOUNCE_SECONDS = 0.5  # editors and FreePBX write several files in a burst
 CLOCK_CHECK_SECONDS = 1.0
 CLOCK_JUMP_SECONDS = 5.0  # a Raspberry Pi without RTC jumps years when NTP syncs at boot
 HEARTBEAT_SECONDS = 300.0  # how often the state file is rewritten just to say "still alive"
-PENDING_RETRY_CAP = 900.0  # an unreachable Asterisk is asked at least every 15 minutes
 JITTER = 0.1
 
 
@@ -69,8 +72,7 @@ class Daemon:
         self.again = False  # a trigger came while a round ran
         self.eager = 0  # rounds still to run `fast_confirm` apart after a trigger
         self.rejection: str | None = None  # why Asterisk refused the confirmed addresses
-        self.pending_retry_at = 0.0
-        self.pending_wait = 0.0
+        self.asterisk_retry = AsteriskRetry()
         self.scheduling = threading.Lock()
         self.ready = False
         self.spacing = 0.0
@@ -78,8 +80,9 @@ class Daemon:
         self.restored: dict[Path, str | None] = {}  # what a roll-back left in the files
         self.problem: str | None = None
         self.config_problem: str | None = None
-        self.no_quorum: dict[Family, int] = {}
-        self.degraded: set[Family] = set()
+        self.quorum = QuorumWatch()
+        self.pushes = Pushes()
+        self.debounce = Debounce()
         self.busy_since: float | None = None
         self.last_progress = time.monotonic()
         self.last_heartbeat = 0.0
@@ -114,6 +117,7 @@ class Daemon:
             self.scheduler.start()
             self.schedule_rounds(first_now=True)
             self.schedule_watchdog()
+            self.pushes.start(self.config.sources)
             self.main_loop(wakeup)
         finally:
             self.notifier.stopping("stopping")
@@ -123,6 +127,7 @@ class Daemon:
                 # would wait for ever.
                 self.stop_requested.set()
             self.scheduler.shutdown(wait=True)  # the step under way finishes first
+            self.pushes.close()  # unsubscribes from the router
             self.watcher.stop()
             self.record_daemon(running=False)
             _restore_signals(previous)
@@ -134,8 +139,11 @@ class Daemon:
     def main_loop(self, wakeup: socket.socket) -> None:
         offset = time.time() - time.monotonic()
         while True:
-            readable, _, _ = select.select([wakeup], [], [], CLOCK_CHECK_SECONDS)
-            for number in wakeup.recv(64) if readable else b"":
+            waiting = [wakeup.fileno(), self.pushes.fileno()]
+            readable, _, _ = select.select(waiting, [], [], CLOCK_CHECK_SECONDS)
+            if self.pushes.fileno() in readable:
+                self.heard_pushes()
+            for number in wakeup.recv(64) if wakeup.fileno() in readable else b"":
                 if number in (signal.SIGTERM, signal.SIGINT):
                     log.info("%s: finishing the current step", signal.Signals(number).name)
                     return
@@ -196,6 +204,36 @@ class Daemon:
             if not self.stop_requested.is_set():
                 self.scheduler.modify_job("round", next_run_time=_now())
 
+    def heard_pushes(self) -> None:
+        """A push is a hint, never a verdict: it starts a round like `ipwatch trigger` does, in
+        which every source is asked and quorum and `confirm` decide as always."""
+        news = self.pushes.take()
+        if news.status_changed:
+            self.soon(self.record_pushes, "push-status", 0.0)
+        if not news.hints:
+            return
+        delay = self.debounce.delay(time.monotonic(), self.config.fast_confirm)
+        more = f" (and {news.hints - 1} more)" if news.hints > 1 else ""
+        if delay is None:
+            log.debug("push: %s%s; a round is already coming", news.reason, more)
+        elif delay == 0:
+            log.info("push: %s%s; a round now", news.reason, more)
+            self.round_now()
+        else:
+            log.info("push: %s%s; a round in %.1f s", news.reason, more, delay)
+            self.soon(self.round_now, "push-round", delay)
+
+    def record_pushes(self) -> None:
+        """The push channels' status, in the state file for `ipwatch status`."""
+        with self.step("push-status"):
+            self.writer.save(self.with_pushes(self.writer.current))
+
+    def with_pushes(self, state: dict[str, Any]) -> dict[str, Any]:
+        channels = self.pushes.snapshot()
+        if channels:
+            return {**state, "push": channels}
+        return {key: value for key, value in state.items() if key != "push"}
+
     def ping_watchdog(self) -> None:
         """Ping unless a step has shown no progress for longer than systemd allows."""
         every = watchdog_interval() or 0.0
@@ -244,7 +282,8 @@ class Daemon:
         with self.step("round"):
             decisions = self.observe_and_decide()
             self.decisions = {f: _settled(d) for f, d in decisions.items()}
-            self.writer.save(reconcile.record(self.writer.current, decisions, time.time()))
+            state = reconcile.record(self.writer.current, decisions, time.time())
+            self.writer.save(self.with_pushes(state))
             self.announce_health(decisions)
             self.announce.retry_hooks()
             self.announce.update_ddns()
@@ -276,7 +315,7 @@ class Daemon:
         addresses = reconcile.confirmed(decisions)
         if not addresses or addresses == self.refused:
             return False
-        asking = time.monotonic() >= self.pending_retry_at
+        asking = self.asterisk_retry.due(time.monotonic())
         result = reconcile.converge(
             self.config,
             decisions,
@@ -306,12 +345,9 @@ class Daemon:
         """Ask an unreachable Asterisk less often the longer it stays away (down for hours must
         not fill the journal); a reload that Asterisk took but does not show is a problem."""
         if asterisk.get("action") == "pending":
-            self.pending_wait = min(
-                PENDING_RETRY_CAP, max(self.config.interval, 2 * self.pending_wait)
-            )
-            self.pending_retry_at = time.monotonic() + self.pending_wait
+            self.asterisk_retry.postpone(time.monotonic(), self.config.interval)
             return
-        self.pending_wait = self.pending_retry_at = 0.0
+        self.asterisk_retry.clear()
         if asterisk.get("verified"):
             self.rejection = None
         elif asterisk.get("error") and not asterisk.get("rolled_back"):
@@ -368,6 +404,8 @@ class Daemon:
         self.spacing = 0.0
         self.schedule_rounds(first_now=True)
         self.watcher.watch(self.watched_files())
+        self.pushes.stop()
+        self.pushes.start(new.sources)
         log.info("config reloaded from %s", new.path)
 
     def file_changed(self, path: Path) -> None:
@@ -396,24 +434,17 @@ class Daemon:
 
     def announce_health(self, decisions: Mapping[Family, Decision]) -> None:
         """`degraded` after `confirm` rounds in a row without a quorum; `recovered` after."""
-        for family, decision in decisions.items():
-            if decision.winner is None:
-                self.no_quorum[family] = self.no_quorum.get(family, 0) + 1
-                if self.no_quorum[family] >= self.config.confirm and family not in self.degraded:
-                    self.degraded.add(family)
-                    log.warning(
-                        "%s: no confirmed address (%s sources agree): %s",
-                        family,
-                        decision.agreement,
-                        rounds.answers(decision),
-                    )
-                    self.announce("degraded", {family: decision})
+        for turn, family, decision in self.quorum.observe(decisions, self.config.confirm):
+            if turn == "degraded":
+                log.warning(
+                    "%s: no confirmed address (%s sources agree): %s",
+                    family,
+                    decision.agreement,
+                    rounds.answers(decision),
+                )
             else:
-                self.no_quorum[family] = 0
-                if family in self.degraded:
-                    self.degraded.discard(family)
-                    log.info("%s: %s confirmed again", family, decision.winner)
-                    self.announce("recovered", {family: decision})
+                log.info("%s: %s confirmed again", family, decision.winner)
+            self.announce(turn, {family: decision})
 
     def report_problem(self, problem: str) -> None:
         """A step failed with `problem`, which nothing has logged yet: log it (once)."""

@@ -11,6 +11,7 @@ import os
 import time
 from typing import Any
 
+from ipwatch import push_report
 from ipwatch.addresses import FAMILIES
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -58,6 +59,8 @@ def _evaluate(state: dict[str, Any] | None, state_dir: str) -> dict[str, Any]:
     daemon = _daemon(state.get("daemon"))
     if daemon is not None:
         problems += _daemon_problems(daemon, time.time())
+        if daemon["alive"]:  # a stopped daemon's channels are stopped too
+            problems += push_report.problems(state.get("push"))
     level = max((level for level, _ in problems), default=OK)
     return {
         "status": LABELS[level],
@@ -69,6 +72,7 @@ def _evaluate(state: dict[str, Any] | None, state_dir: str) -> dict[str, Any]:
         "asterisk": state.get("asterisk"),
         "notes": state.get("notes") or [],
         "daemon": daemon,
+        "push": state.get("push") or {},
         "updated": state.get("updated"),
     }
 
@@ -176,6 +180,7 @@ def format_status(result: dict[str, Any]) -> str:
     lines += [f"problem: {problem}" for problem in result["problems"]]
     lines += [f"note: {note}" for note in result.get("notes") or []]
     lines.append(_daemon_line(result))
+    lines += push_report.lines(result.get("push"))
     return "\n".join([headline, *lines])
 
 

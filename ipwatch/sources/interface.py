@@ -20,11 +20,14 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from ipwatch.addresses import Family, IPAddress, rejection
 from ipwatch.errors import SourceError
 from ipwatch.schema import Parser, format_duration
+
+if TYPE_CHECKING:
+    from ipwatch.sources.push import Changed, Channel, Hint
 
 _NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 _RTATTR_HEADER = struct.Struct("=HH")  # length, type
@@ -64,6 +67,17 @@ def parse_interface_name(value: Any) -> str:
 class Options:
     # Not "name": that common key names the source itself (config.py).
     interface: Annotated[str, Parser(parse_interface_name)]
+    # Also listen to the kernel's address and default-route events (interface_events.py).
+    push: bool = True
+
+
+def push_channel(options: Options, name: str, hint: Hint, changed: Changed) -> Channel | None:
+    """The rtnetlink listener of this source, or None with `push = false`."""
+    if not options.push:
+        return None
+    from ipwatch.sources import interface_events
+
+    return interface_events.channel(options, name, hint, changed)
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,14 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from ipwatch.addresses import Family
 from ipwatch.errors import NoPublicAddress, SourceError
 from ipwatch.schema import Parser
+
+if TYPE_CHECKING:
+    from ipwatch.sources.push import Changed, Channel, Hint
 
 DEFAULT_PORT = 5351
 ROUTE_TABLE = "/proc/net/route"
@@ -156,6 +159,17 @@ class Options:
     # None: the gateway of the default route, looked up at each ask (it may change with DHCP).
     gateway: Annotated[ipaddress.IPv4Address, Parser(parse_gateway)] | None = None
     port: Annotated[int, Parser(parse_port)] = DEFAULT_PORT
+    # Also listen for the gateway's announcements (natpmp_push.py): one starts a round at once.
+    push: bool = True
+
+
+def push_channel(options: Options, name: str, hint: Hint, changed: Changed) -> Channel | None:
+    """The announcement listener of this source, or None with `push = false`."""
+    if not options.push:
+        return None
+    from ipwatch.sources import natpmp_push
+
+    return natpmp_push.channel(options, name, hint, changed)
 
 
 def serves(options: Options, family: Family) -> bool:

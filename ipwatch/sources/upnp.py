@@ -29,12 +29,15 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from ipwatch.addresses import Family
 from ipwatch.errors import NoPublicAddress, SourceError
 from ipwatch.schema import Duration, Parser, format_duration
 from ipwatch.sources.interface import parse_interface_name
+
+if TYPE_CHECKING:
+    from ipwatch.sources.push import Changed, Channel, Hint
 
 NO_EXTERNAL_ADDRESS = (
     "the router reports no external address (it has a private/reserved WAN address or is not"
@@ -42,6 +45,8 @@ NO_EXTERNAL_ADDRESS = (
     " public address"
 )
 WORKER = Path(__file__).with_name("upnp_worker.py")
+# Above 1023 (the shipped unit has no CAP_NET_BIND_SERVICE), below Linux's ephemeral ports.
+DEFAULT_EVENT_PORT = 28771
 # A worker's line is a progress note or an answer naming a URL: far below this.
 _MAX_LINE = 64 * 1024
 
@@ -69,6 +74,26 @@ class Options:
     discover_timeout: Duration = 1.0
     # Interface name or IPv4 address to send discovery from (miniupnpc's multicastif).
     interface: Annotated[str, Parser(parse_interface_name)] | None = None
+    # Also subscribe to the router's events (upnp_events.py): a new ExternalIPAddress starts a
+    # round at once. The router sends them to TCP `event_port` here (0: any free port).
+    push: bool = True
+    event_port: Annotated[int, Parser(parse_event_port)] = DEFAULT_EVENT_PORT
+    event_timeout: Duration = 1800.0  # the subscription asked for; renewed at half of it
+
+
+def parse_event_port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(f"expected a port number from 0 (any) to 65535, got {value!r}")
+    return value
+
+
+def push_channel(options: Options, name: str, hint: Hint, changed: Changed) -> Channel | None:
+    """The event subscription of this source, or None with `push = false`."""
+    if not options.push:
+        return None
+    from ipwatch.sources import upnp_events
+
+    return upnp_events.channel(options, name, hint, changed)
 
 
 def serves(options: Options, family: Family) -> bool:

@@ -50,6 +50,10 @@ NATPMP_PORT = 5351
 DNS_PORT = 53
 UPNP_PORT = 5000
 LAB_NETWORKS = ["198.51.100.0/24", "192.0.2.0/24"]  # for `accept`: the lab's "public" ranges
+# miniupnpd announces nothing for a reserved WAN address (LAB.md, "Router push"): push tests give
+# the router addresses from these instead, routed only inside the lab.
+PUSH_NETWORKS = ["198.51.101.0/24", "198.51.102.0/24"]
+PUSH_ADDRESS = "198.51.101.10"
 START_TIMEOUT = 15.0
 
 # Found in PATH or the sbin directories, where a non-root user's PATH may not reach: commands
@@ -71,14 +75,16 @@ class _Server:
 class Lab:
     """The namespaces and what runs in them; build with `Lab.open`, which tears it down."""
 
-    def __init__(self, directory: Path, *, cgnat: bool = False) -> None:
+    def __init__(
+        self, directory: Path, *, cgnat: bool = False, public_address: str = PUBLIC_ADDRESS
+    ) -> None:
         self.directory = directory
         self.cgnat = cgnat
         self.prefix = f"ipw{os.getpid()}x{next(_counter)}"
         self.roles: tuple[Role, ...] = (
             ("wan", "cgn", "rtr", "lan") if cgnat else ("wan", "rtr", "lan")
         )
-        self.public_address = PUBLIC_ADDRESS
+        self.public_address = public_address
         self._enter: list[str] = []  # the nsenter prefix when running in a user namespace
         self._holder: subprocess.Popen[bytes] | None = None
         self._servers: dict[str, _Server] = {}
@@ -87,11 +93,14 @@ class Lab:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, directory: Path, *, cgnat: bool = False) -> Iterator[Lab]:
-        """Build a lab in `directory` and tear it down afterwards, however the block ends."""
+    def open(
+        cls, directory: Path, *, cgnat: bool = False, public_address: str = PUBLIC_ADDRESS
+    ) -> Iterator[Lab]:
+        """Build a lab in `directory` and tear it down afterwards, however the block ends;
+        the Internet first sees `public_address` (one of PUSH_NETWORKS for push tests)."""
         for program, package in _TOOLS:
             need(program, package)
-        lab = cls(directory, cgnat=cgnat)
+        lab = cls(directory, cgnat=cgnat, public_address=public_address)
         try:
             lab._enter = lab._privileges()
             if not lab._enter:
@@ -336,16 +345,18 @@ class Lab:
         self._veth("wan", "w0", outer, outer_wan)
         self._veth("lan", "l0", "rtr", "r-lan")
         self._address("wan", "w0", f"{INTERNET_SERVER}/24")
-        self._address(outer, outer_wan, f"{PUBLIC_ADDRESS}/24")
+        self._address(outer, outer_wan, f"{self.public_address}/24")
+        for network in PUSH_NETWORKS:  # on-link for the Internet, so any address there works
+            self._ip("wan", "route", "add", network, "dev", "w0")
         self._address("rtr", "r-lan", f"{ROUTER_LAN}/24")
         self._address("lan", "l0", f"{LAN_HOST}/24")
-        self._route("lan", ROUTER_LAN)
-        self._route(outer, INTERNET_SERVER)
+        self._route("lan", ROUTER_LAN, "l0")
+        self._route(outer, INTERNET_SERVER, outer_wan)
         if self.cgnat:
             self._veth("cgn", "c-in", "rtr", "r-wan")
             self._address("cgn", "c-in", f"{CGNAT_GATEWAY}/24")
             self._address("rtr", "r-wan", f"{CGNAT_ROUTER_WAN}/24")
-            self._route("rtr", CGNAT_GATEWAY)
+            self._route("rtr", CGNAT_GATEWAY, "r-wan")
             self._nat("rtr", "r-wan")
         self._nat(outer, outer_wan)
         self.run(outer, ["sysctl", "-qw", f"net.ipv4.conf.{outer_wan}.promote_secondaries=1"])
@@ -361,8 +372,9 @@ class Lab:
     def _address(self, role: Role, interface: str, cidr: str) -> None:
         self._ip(role, "addr", "add", cidr, "dev", interface)
 
-    def _route(self, role: Role, gateway: str) -> None:
-        self._ip(role, "route", "add", "default", "via", gateway)
+    def _route(self, role: Role, gateway: str, interface: str) -> None:
+        # onlink: the route outlives the WAN's move to an address in another subnet.
+        self._ip(role, "route", "add", "default", "via", gateway, "dev", interface, "onlink")
 
     def _nat(self, role: Role, interface: str) -> None:
         self.run(role, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])

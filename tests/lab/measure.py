@@ -31,7 +31,15 @@ from typing import Any
 
 import pytest
 
-from tests.lab.lab import INTERNET_SERVER, LAB_NETWORKS, PUBLIC_ADDRESS, ROUTER_LAN, Lab
+from tests.lab.lab import (
+    INTERNET_SERVER,
+    LAB_NETWORKS,
+    PUBLIC_ADDRESS,
+    PUSH_ADDRESS,
+    ROUTER_LAN,
+    Lab,
+    Role,
+)
 from tests.peers.bind9 import DDNS_ZONE, Bind9
 from tests.peers.stand_in import StandInAsterisk, write_config
 from tests.support import run_ipwatch, wait_until
@@ -39,6 +47,7 @@ from tests.support import run_ipwatch, wait_until
 TRANSPORT = "transport-lan"
 DDNS_HOST = f"pbx-lab.{DDNS_ZONE}"
 DDNS_NAME = "lab-dns"
+PUSH_KINDS = ("natpmp", "upnp", "netlink")
 SECOND_STUN_PORT = 3479  # asked by ipwatch alone (miniupnpd asks 3478): one request per round
 START_TIMEOUT = 20.0
 
@@ -55,6 +64,16 @@ class Settings:
     ddns: bool = True
     ddns_min_interval: str = "1s"  # how soon a failed DDNS update is tried again
     cgnat: bool = False
+    public_address: str = PUBLIC_ADDRESS  # PUSH_ADDRESS when miniupnpd must announce changes
+    # Push channels on: "natpmp", "upnp" (sources in the LAN), or "netlink": then ipwatch runs
+    # on the router itself, as on a PBX holding its public address (PPPoE), with an interface
+    # source on the WAN instead of the router sources.
+    push: tuple[str, ...] = ()
+    upnp_options: tuple[tuple[str, Any], ...] = ()  # more keys for the upnp source
+
+    @property
+    def role(self) -> Role:
+        return "rtr" if "netlink" in self.push else "lan"
 
 
 @dataclass
@@ -65,6 +84,7 @@ class Pbx:
     config: Path
     state_dir: Path
     hook_log: Path
+    role: Role = "lan"
     daemon: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,7 +93,7 @@ class Pbx:
 
     def start_daemon(self) -> None:
         argv = ["-c", str(self.config), "--state-dir", str(self.state_dir), "run"]
-        self.daemon = self.lab.spawn("lan", "ipwatch", [sys.executable, "-m", "ipwatch", *argv])
+        self.daemon = self.lab.spawn(self.role, "ipwatch", [sys.executable, "-m", "ipwatch", *argv])
 
     def stop_daemon(self) -> int:
         """SIGTERM the daemon; return its exit status."""
@@ -142,7 +162,7 @@ class Pbx:
 
     def rounds(self) -> int:
         """The daemon's rounds so far: its requests to the STUN server only it asks."""
-        return self.lab.counted("lan", "stun_rounds")[0]
+        return self.lab.counted(self.role, "stun_rounds")[0]
 
     def wait_rounds(self, count: int, timeout: float) -> None:
         target = self.rounds() + count
@@ -153,17 +173,19 @@ class Pbx:
 def open_pbx(directory: Path, settings: Settings = Settings()) -> Iterator[Pbx]:
     """Build the lab with everything running and ipwatch confirmed on PUBLIC_ADDRESS, with
     pjsip.conf, Asterisk and (with ddns) the DNS record all on it; tear it all down after."""
-    pjsip = _pjsip_conf(PUBLIC_ADDRESS)
+    pjsip = _pjsip_conf(settings.public_address)
     asterisk_dir = write_config(directory / "etc-asterisk", {"pjsip.conf": pjsip})
     with StandInAsterisk(asterisk_dir, directory / "asterisk.ctl") as asterisk:
         asterisk.start()
         (directory / "lab").mkdir()
-        with Lab.open(directory / "lab", cgnat=settings.cgnat) as lab:
+        with Lab.open(
+            directory / "lab", cgnat=settings.cgnat, public_address=settings.public_address
+        ) as lab:
             lab.start_coturn()
             lab.start_coturn(SECOND_STUN_PORT)
             lab.start_miniupnpd(stun=not settings.cgnat)
             bind9 = lab.start_bind9() if settings.ddns else None
-            lab.count("lan", "stun_rounds", "output", f"udp dport {SECOND_STUN_PORT}")
+            lab.count(settings.role, "stun_rounds", "output", f"udp dport {SECOND_STUN_PORT}")
             pbx = Pbx(
                 lab,
                 asterisk,
@@ -171,14 +193,17 @@ def open_pbx(directory: Path, settings: Settings = Settings()) -> Iterator[Pbx]:
                 directory / "ipwatch.toml",
                 directory / "state",
                 directory / "hooks.log",
+                settings.role,
             )
             _write_ipwatch_config(pbx, settings, directory)
             pbx.start_daemon()
             try:
-                pbx.wait_confirmed(PUBLIC_ADDRESS)
+                pbx.wait_confirmed(settings.public_address)
                 if bind9 is not None:
                     wait_until(
-                        lambda: pbx.dns_record() == [PUBLIC_ADDRESS], 10, "the first DDNS update"
+                        lambda: pbx.dns_record() == [settings.public_address],
+                        10,
+                        "the first DDNS update",
                     )
                 yield pbx
             except BaseException:
@@ -196,12 +221,18 @@ def _pjsip_conf(address: str) -> str:
 
 def _write_ipwatch_config(pbx: Pbx, settings: Settings, directory: Path) -> None:
     stun = {"kind": "stun", "rto": "100ms", "timeout": "1s"}
+    upnp = {"kind": "upnp", "url": f"http://{ROUTER_LAN}:5000/rootDesc.xml", "timeout": "1s"}
     sources: list[dict[str, Any]] = [
         {**stun, "name": "stun-a", "servers": [f"{INTERNET_SERVER}:3478"]},
         {**stun, "name": "stun-b", "servers": [f"{INTERNET_SERVER}:{SECOND_STUN_PORT}"]},
-        {"kind": "natpmp", "timeout": "1s"},
-        {"kind": "upnp", "url": f"http://{ROUTER_LAN}:5000/rootDesc.xml", "timeout": "1s"},
     ]
+    if settings.role == "rtr":
+        sources.append({"kind": "interface", "interface": "r-wan", "push": True})
+    else:
+        sources += [
+            {"kind": "natpmp", "timeout": "1s", "push": "natpmp" in settings.push},
+            {**upnp, "push": "upnp" in settings.push, **dict(settings.upnp_options)},
+        ]
     lines = [
         f"interval = {json.dumps(settings.interval)}",
         f"confirm = {settings.confirm}",
@@ -272,24 +303,37 @@ _TRAFFIC = {
 _COUNTERS = (*_TRAFFIC, "stun_rounds")  # open_pbx counts the requests to SECOND_STUN_PORT
 
 
-def measure_wan_change(interval: float, changes: int, trigger: bool) -> list[float]:
+def measure_wan_change(
+    interval: float, changes: int, trigger: bool, push: tuple[str, ...] = ()
+) -> list[float]:
     """Seconds from each WAN address change to the stand-in Asterisk using the new address, with
     `ipwatch run` polling every `interval` s, or (`trigger`) with `ipwatch trigger` run right
-    after each change.
+    after each change, or with the `push` channels on ("natpmp", "upnp" or "netlink").
 
-    Without a trigger the changes are spread over the round cycle as real ones are: each comes
+    Polling alone, the changes are spread over the round cycle as real ones are: each comes
     at a random moment of its own slice of the interval (stratified sampling, so five changes
-    already cover the cycle evenly), counted from the last apply, which restarts the cycle."""
+    already cover the cycle evenly), counted from the last apply, which restarts the cycle.
+    With push, each comes 1-3 s after the last apply (any moment: a push does not wait for the
+    cycle), between addresses miniupnpd announces (not in reserved ranges)."""
     phases = [(slot + random.random()) * interval / changes for slot in range(changes)]
+    if push or trigger:
+        phases = [1 + 2 * random.random() for _ in range(changes)]
     random.shuffle(phases)
     seconds = []
     with _lab_directory() as directory:
-        settings = Settings(interval=_duration(interval))
+        settings = Settings(
+            interval=_duration(interval),
+            push=push,
+            public_address=PUSH_ADDRESS if push else PUBLIC_ADDRESS,
+        )
         with open_pbx(directory, settings) as pbx:
             for number, phase in enumerate(phases):
-                if not trigger:
-                    time.sleep(phase)  # the moment being sampled, not a synchronisation
-                new = f"198.51.100.{20 + number}"
+                time.sleep(phase)  # the moment being sampled, not a synchronisation
+                new = (
+                    f"198.51.{101 + (number + 1) % 2}.{20 + number}"
+                    if push
+                    else (f"198.51.100.{20 + number}")
+                )
                 changed_at = time.monotonic()
                 pbx.lab.set_wan_address(new)
                 if trigger:
@@ -352,9 +396,12 @@ def main() -> None:
     """`python -m tests.lab.measure`: the lab's figures, printed."""
     polled = measure_wan_change(3.0, 5, trigger=False)
     triggered = measure_wan_change(3600.0, 3, trigger=True)
+    pushed = {kind: measure_wan_change(3600.0, 3, False, (kind,)) for kind in PUSH_KINDS}
     traffic = measure_round_traffic()
     print(f"polling (3 s): median {statistics.median(polled):.2f} s, max {max(polled):.2f} s")
     print(f"trigger: median {statistics.median(triggered):.2f} s, max {max(triggered):.2f} s")
+    for kind, seconds in pushed.items():
+        print(f"{kind} push: median {statistics.median(seconds):.2f} s, max {max(seconds):.2f} s")
     print(traffic)
 
 
