@@ -194,11 +194,6 @@ def backup_path(backup_dir: Path, path: Path) -> Path:
     return backup_dir / os.path.abspath(path).lstrip("/")
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` and the permission bits `mode`, so that a crash leaves either."""
-    _replace(path, data, lambda descriptor: os.fchmod(descriptor, mode))
-
-
 def _replace(target: Path, data: bytes, prepare: Callable[[int], None]) -> None:
     directory = os.open(target.parent, _DIRECTORY)
     try:

@@ -480,21 +480,26 @@ class HostileDevice:
             thread.start()
 
     def _serve(self, connection: socket.socket) -> None:
+        with connection:
+            # Only miniupnpc's exchanges count (a daemon's push channel fetches the description
+            # too, with a client of its own).
+            if b"MiniUPnPc" in connection.recv(65536):
+                self._stream(connection)
+
+    def _stream(self, connection: socket.socket) -> None:
         with self.lock:
             self.open += 1
             self.connections += 1
             self.most_open = max(self.most_open, self.open)
         try:
-            with connection:
-                connection.recv(65536)
-                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n\r\n<root>")
-                chunk = b"<x/>" * 16384 if not self.pace else b"x"
-                while not self.stop.is_set():
-                    # Waiting on the socket, so a client gone is noticed at once.
-                    ready = select.select([connection], [], [], self.pace)[0]
-                    if ready and not connection.recv(65536):
-                        return
-                    connection.sendall(chunk)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n\r\n<root>")
+            chunk = b"<x/>" * 16384 if not self.pace else b"x"
+            while not self.stop.is_set():
+                # Waiting on the socket, so a client gone is noticed at once.
+                ready = select.select([connection], [], [], self.pace)[0]
+                if ready and not connection.recv(65536):
+                    return
+                connection.sendall(chunk)
         except OSError:
             pass  # the client went away: what a bounded client does
         finally:
@@ -670,6 +675,6 @@ def test_an_asterisk_user_that_does_not_exist_is_named(lab: Path) -> None:
     from ipwatch.asterisk.conf import load_tree
     from ipwatch.errors import ConfFileError
 
-    top, theirs = outside_include(lab)
+    top, _ = outside_include(lab)
     with pytest.raises(ConfFileError, match=r"asterisk\.user 'no-such-user' is no user here"):
         load_tree(top, asterisk_user="no-such-user")

@@ -20,7 +20,7 @@ from ipwatch.files import (
     backup_path,
     clean_stale_temp_files,
     restore,
-    write_atomic,
+    write_in_state_directory,
 )
 from tests.support import missing
 
@@ -188,10 +188,10 @@ def test_clean_stale_temp_files_removes_only_ours_and_only_old_ones(tmp_path: Pa
     assert clean_stale_temp_files(tmp_path / "missing", changed + 1) == []
 
 
-def test_write_atomic_sets_the_mode_and_leaves_no_temp_file(tmp_path: Path) -> None:
+def test_write_in_state_directory_sets_the_mode_and_leaves_no_temp_file(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
-    write_atomic(path, b"{}\n", mode=0o640)
-    write_atomic(path, b'{"version": 1}\n', mode=0o640)
+    write_in_state_directory(tmp_path, "state.json", b"{}\n", mode=0o640)
+    write_in_state_directory(tmp_path, "state.json", b'{"version": 1}\n', mode=0o640)
     assert path.read_bytes() == b'{"version": 1}\n'
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert os.listdir(tmp_path) == ["state.json"]
@@ -205,3 +205,18 @@ def test_a_ten_megabyte_file(tmp_path: Path) -> None:
     applied = apply_changes([FileChange(target, old, new)], tmp_path / "backups")
     assert target.read_bytes() == new
     assert applied.backups[0].read_bytes() == old
+
+
+def test_clean_stale_temp_files_never_goes_through_a_link(tmp_path: Path) -> None:
+    """A link planted on the way (in the state directory, say) leads nowhere: nothing is removed."""
+    real = tmp_path / "real" / "dir"
+    real.mkdir(parents=True)
+    stale = real / f"{TEMP_PREFIX}pjsip.conf.k2j4h5{TEMP_SUFFIX}"
+    stale.write_bytes(OLD)
+    later = stale.stat().st_ctime + 1
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "last").symlink_to(real)
+    assert clean_stale_temp_files(tmp_path / "link" / "dir", later) == []
+    assert clean_stale_temp_files(tmp_path / "last", later) == []
+    assert stale.exists()
+    assert clean_stale_temp_files(real, later) == [stale]
