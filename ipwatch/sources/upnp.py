@@ -141,8 +141,16 @@ def _exchange(options: Options, deadline: float, timeout: float) -> dict[str, An
     """Send one request to the options' worker and return its answer. At the deadline, or when
     the worker misbehaves, kill it (the next round starts a new one)."""
     worker = _workers.get(options)
-    if worker is None or worker.process.poll() is not None:
-        worker = _workers[options] = _start()
+    if worker is not None and worker.process.poll() is not None:
+        _stop(options)  # it ended between rounds: reap it and start another
+        worker = None
+    if worker is None:
+        try:
+            worker = _workers[options] = _start()
+        except OSError as error:
+            raise SourceError(
+                f"cannot start the UPnP worker process ({error.strerror}); see the system log"
+            ) from None
     request = {"url": options.url, "discover_timeout": options.discover_timeout}
     request["interface"] = options.interface
     assert worker.process.stdin is not None

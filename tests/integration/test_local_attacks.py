@@ -678,3 +678,23 @@ def test_an_asterisk_user_that_does_not_exist_is_named(lab: Path) -> None:
     top, _ = outside_include(lab)
     with pytest.raises(ConfFileError, match=r"asterisk\.user 'no-such-user' is no user here"):
         load_tree(top, asterisk_user="no-such-user")
+
+
+def test_a_upnp_worker_that_ended_between_rounds_is_replaced() -> None:
+    from ipwatch.errors import SourceError
+    from ipwatch.sources import upnp
+
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # connections are refused: an answer at once
+    options = upnp.Options(url=f"http://127.0.0.1:{port}/rootDesc.xml")
+    try:
+        for _ in range(2):
+            with pytest.raises(SourceError, match=r"^no UPnP gateway description at"):
+                upnp.ask(options, "ipv4", 10)
+            worker = upnp._workers[options].process
+            worker.kill()  # as its memory cap or the OOM killer would
+            worker.wait()
+    finally:
+        upnp._stop_all()
+    assert options not in upnp._workers
