@@ -143,6 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=HOOK_EVENTS,
         help="the event to simulate (default: test)",
     )
+    doctor = _command(
+        commands,
+        "doctor",
+        _doctor,
+        "audit the NAT setup of the targets: what stands between a right address and calls",
+        "Reads the targets' files, the state file (or asks the sources once), and what Asterisk"
+        " runs; writes nothing. Exit: 0 nothing above info, 1 warnings, 2 errors.",
+        json=True,
+        info_logs=False,
+    )
+    doctor.add_argument(
+        "--plan", action="store_true", help="print the safe fixes as a unified diff; writes nothing"
+    )
     _command(
         commands,
         "demo",
@@ -407,6 +420,22 @@ def _hooks_test(args: argparse.Namespace, config: Config | None) -> int:
     for result in results:
         print(result.describe())
     return 0 if all(result.status == "ok" for result in results) else 1
+
+
+def _doctor(args: argparse.Namespace, config: Config | None) -> int:
+    from ipwatch.doctor import audit, findings
+
+    assert config is not None
+    report = audit.run(config, _state_dir(args), plan=args.plan)
+    status = findings.exit_status(report.findings)
+    if args.json:
+        result = findings.as_json(report.findings)
+        _print_json({**result, "diff": report.diff} if args.plan else result)
+    elif args.plan:
+        print(report.diff or "# no safe fixes to make", end="" if report.diff else "\n")
+    else:
+        print(findings.format_findings(report.findings), end="")
+    return status
 
 
 def _demo(args: argparse.Namespace, config: Config | None) -> int:

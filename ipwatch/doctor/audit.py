@@ -1,0 +1,90 @@
+"""`ipwatch doctor`: gather what the checks need, run them, and collect findings and fixes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ipwatch.asterisk.conf import Document
+from ipwatch.config import Config
+from ipwatch.doctor import chan_sip, fixes, gather, live, network, pjsip
+from ipwatch.doctor.findings import Finding, Outcome, ordered
+from ipwatch.files import FileChange
+
+# Runs CLI commands on Asterisk: their outputs, and why it could not be asked (or None).
+Ask = Callable[[Sequence[str]], tuple[dict[str, str], str | None]]
+
+
+@dataclass(frozen=True)
+class Report:
+    findings: tuple[Finding, ...]
+    changes: tuple[FileChange, ...]  # what the safe fixes make of the files; written by no one
+
+    @property
+    def diff(self) -> str:
+        return fixes.diff(self.changes)
+
+
+def run(config: Config, state_dir: Path, *, plan: bool = False) -> Report:
+    """Audit the targets' NAT setup; with `plan`, also make the diff of the safe fixes."""
+    files = gather.read_files(config)
+    known = gather.network(config, state_dir)
+    ask: Ask | None = None
+    if config.asterisk.control != "none":
+
+        def ask(commands: Sequence[str]) -> tuple[dict[str, str], str | None]:
+            return gather.ask_asterisk(config.asterisk, commands)
+
+    return examine(files, known, ask, plan=plan)
+
+
+def examine(
+    files: gather.Files, known: network.Network, ask: Ask | None, *, plan: bool = False
+) -> Report:
+    """The checks over what was gathered; `ask` reaches a running Asterisk (None: do not)."""
+    outcome = network.cgnat(known)
+    audits: list[pjsip.Audit] = []
+    documents: dict[Path, Document] = {}
+    behind = False
+    for kind, tree in files.trees:
+        documents.update(tree.documents)
+        if kind == "pjsip":
+            audits.append(pjsip.audit(pjsip.read(tree), pjsip.Context(known, files.dnsmgr)))
+            outcome += audits[-1].outcome
+            behind |= bool(audits[-1].transports)
+        else:
+            found, nat = chan_sip.audit(chan_sip.read(tree), known)
+            outcome += found
+            behind |= nat
+    if behind:  # a PBX on a public address needs no forwarding
+        outcome += network.rtp_range(files.rtp, known.host.get("ipv4"))
+    if ask is not None and any(a.transports for a in audits):
+        outcome += _running(ask, audits)
+    changes = fixes.changes(documents, outcome.fixes) if plan else ()
+    return Report(ordered(outcome.findings), changes)
+
+
+def _running(ask: Ask, audits: list[pjsip.Audit]) -> Outcome:
+    """Compare the files with what Asterisk runs; an Asterisk that cannot be asked is a finding."""
+    answers, error = ask([command for audit in audits for command in live.commands(audit)])
+    if error is not None:
+        return Outcome(
+            (
+                Finding(
+                    "warning",
+                    "asterisk-unreachable",
+                    None,
+                    None,
+                    "asterisk",
+                    f"cannot ask Asterisk ({error}), so whether it runs what the files say is"
+                    " unknown; the other findings come from the files alone",
+                    "start Asterisk, or check `control` and its settings in [asterisk] of the"
+                    " ipwatch config",
+                ),
+            )
+        )
+    total = Outcome()
+    for audit in audits:
+        total += live.compare(audit, answers)
+    return total

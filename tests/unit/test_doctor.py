@@ -1,0 +1,250 @@
+"""`ipwatch doctor` over the corpus in tests/data/doctor: golden findings and fixes, and what the
+fixes leave behind; the pure helpers with property tests."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ipwatch.config import parse
+from ipwatch.doctor import findings, gather, live, network, pjsip
+from ipwatch.doctor.audit import Report, examine
+from ipwatch.doctor.findings import Finding
+
+CORPUS = Path(__file__).parent.parent / "data" / "doctor"
+# The network tests/data/doctor/README.md describes.
+ROUTES = network.parse_routes(
+    "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
+    "eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\n"
+    "eth0\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\n"
+)
+BEHIND_NAT = network.Network(
+    public={"ipv4": "198.51.100.7"},
+    host={"ipv4": "192.168.1.10"},
+    routes=ROUTES,
+    accept=(ipaddress.ip_network("198.51.100.0/24"),),
+)
+PUBLIC = network.Network(
+    public={"ipv4": "198.51.100.7"},
+    host={"ipv4": "198.51.100.7"},
+    routes=network.parse_routes(
+        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
+        "eth0\t00000000\t016433C6\t0003\t0\t0\t0\t00000000\n"
+        "eth0\t006433C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\n"
+    ),
+    accept=(ipaddress.ip_network("198.51.100.0/24"),),
+)
+CASES = {
+    "hand-written": ("pjsip", BEHIND_NAT),
+    "templates": ("pjsip", BEHIND_NAT),
+    "includes": ("pjsip", BEHIND_NAT),
+    "freepbx": ("pjsip", BEHIND_NAT),
+    "chan_sip": ("chan_sip", BEHIND_NAT),
+    "no-external": ("pjsip", BEHIND_NAT),
+    "sane-nat": ("pjsip", BEHIND_NAT),
+    "public": ("pjsip", PUBLIC),
+}
+# Codes whose findings the safe fixes remove (the others need the admin or the router).
+FIXED_BY_PLAN = {
+    "no-local-net",
+    "direct-media",
+    "rtp-symmetric",
+    "force-rport",
+    "rewrite-contact",
+    "qualify",
+    "chan-sip-localnet",
+    "chan-sip-nat",
+    "chan-sip-qualify",
+}
+
+
+def copy_case(case: str, tmp_path: Path) -> Path:
+    ignore = shutil.ignore_patterns("expected.*")
+    return Path(shutil.copytree(CORPUS / case, tmp_path / case, ignore=ignore))
+
+
+def doctor(directory: Path, kind: str, known: network.Network) -> Report:
+    top = directory / ("sip.conf" if kind == "chan_sip" else "pjsip.conf")
+    config = parse(
+        {
+            "source": [{"kind": "command", "argv": ["true"]}],
+            "target": [{"kind": kind, "file": str(top)}],
+        }
+    )
+    return examine(gather.read_files(config), known, None, plan=True)
+
+
+def relative(report: Report, directory: Path) -> tuple[list[dict[str, Any]], str]:
+    rows = []
+    for finding in report.findings:
+        row = finding.as_json()
+        if row["file"]:
+            row["file"] = os.path.relpath(row["file"], directory)
+        rows.append(row)
+    return rows, report.diff.replace(f"{directory}/", "")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_corpus_findings_and_fixes_match_the_golden_files(case: str, tmp_path: Path) -> None:
+    directory = copy_case(case, tmp_path)
+    rows, diff = relative(doctor(directory, *CASES[case]), directory)
+    if os.environ.get("IPWATCH_UPDATE_GOLDEN"):
+        (CORPUS / case / "expected.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (CORPUS / case / "expected.diff").write_text(diff)
+    assert rows == json.loads((CORPUS / case / "expected.json").read_text())
+    assert diff == (CORPUS / case / "expected.diff").read_text()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_planned_fixes_leave_only_what_needs_the_admin(case: str, tmp_path: Path) -> None:
+    directory = copy_case(case, tmp_path)
+    before = doctor(directory, *CASES[case])
+    for change in before.changes:
+        change.path.write_bytes(change.new)
+    after = doctor(directory, *CASES[case])
+    assert after.diff == ""
+    left = [f for f in after.findings if f.code in FIXED_BY_PLAN]
+    # Only what no safe fix exists for stays: local_net when the subnet is unknown.
+    assert all("<your LAN" in f.fix for f in left), left
+    assert {f.code for f in after.findings} <= {f.code for f in before.findings}
+
+
+def test_a_sane_setup_behind_nat_has_only_the_rtp_note(tmp_path: Path) -> None:
+    report = doctor(copy_case("sane-nat", tmp_path), *CASES["sane-nat"])
+    assert [(f.code, f.severity) for f in report.findings] == [("rtp-range", "info")]
+    assert "10000-20000" in report.findings[0].message
+    assert findings.exit_status(report.findings) == 0
+
+
+def test_a_pbx_on_a_public_address_has_no_findings(tmp_path: Path) -> None:
+    report = doctor(copy_case("public", tmp_path), *CASES["public"])
+    assert report.findings == () and report.diff == ""
+
+
+def test_a_template_value_is_reported_once_naming_its_endpoints(tmp_path: Path) -> None:
+    report = doctor(copy_case("templates", tmp_path), *CASES["templates"])
+    media = [f for f in report.findings if f.code == "direct-media"]
+    assert [(f.object, f.line) for f in media] == [("template phone (endpoints 300, 301)", 23)]
+
+
+def test_exit_status_is_nagios_like() -> None:
+    def make(severity: findings.Severity) -> Finding:
+        return Finding(severity, "x", None, None, "o", "m", "f")
+
+    assert findings.exit_status([]) == 0
+    assert findings.exit_status([make("info")]) == 0
+    assert findings.exit_status([make("info"), make("warning")]) == 1
+    assert findings.exit_status([make("warning"), make("error"), make("info")]) == 2
+
+
+def test_the_human_listing_shortens_a_long_run_of_one_code() -> None:
+    many = [Finding("warning", "qualify", "p.conf", n, f"aor {n}", "m", "f") for n in range(1, 26)]
+    text = findings.format_findings(many)
+    assert text.count("[qualify]") == findings.SHOWN_PER_CODE + 1
+    assert "... and 15 more [qualify] (--json lists all)" in text
+    assert text.endswith("doctor: 0 errors, 25 warnings, 0 notes\n")
+
+
+# --- the pure helpers ------------------------------------------------------------------------
+
+
+@given(st.ip_addresses(v=4), st.integers(min_value=1, max_value=30))
+def test_lan_subnet_is_the_connected_network_holding_the_address(
+    address: ipaddress.IPv4Address, prefix: int
+) -> None:
+    net = ipaddress.IPv4Network((int(address), prefix), strict=False)
+    route = network.Route("eth0", net, None)
+    default = network.Route("eth0", ipaddress.IPv4Network("0.0.0.0/0"), address)
+    assert network.lan_subnet([default, route], str(address)) == str(net)
+    via = network.Route("eth1", net, ipaddress.IPv4Address("10.0.0.1"))
+    assert network.lan_subnet([default, via], str(address)) is None
+
+
+@given(st.ip_addresses(v=4), st.integers(min_value=0, max_value=32))
+def test_proc_net_route_lines_read_back(address: ipaddress.IPv4Address, prefix: int) -> None:
+    net = ipaddress.IPv4Network((int(address), prefix), strict=False)
+    little = int.from_bytes(net.network_address.packed, "little")
+    mask = int.from_bytes(net.netmask.packed, "little")
+    text = f"Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\nppp0\t{little:08X}"
+    text += f"\t00000000\t0001\t0\t0\t0\t{mask:08X}\t0\t0\t0\n"
+    assert network.parse_routes(text) == (network.Route("ppp0", net, None),)
+
+
+@pytest.mark.parametrize(
+    ("bind", "host", "port"),
+    [
+        (None, "0.0.0.0", 5060),
+        ("0.0.0.0:5061", "0.0.0.0", 5061),
+        ("192.168.1.10", "192.168.1.10", 5060),
+        ("[::]:5080", "::", 5080),
+        ("::", "::", 5060),
+        ("[2001:db8::1]", "2001:db8::1", 5060),
+    ],
+)
+def test_bind_values_as_pjsip_reads_them(bind: str | None, host: str, port: int) -> None:
+    assert network.bind_host(bind) == host
+    assert network.bind_port(bind, "udp") == port
+
+
+@given(st.booleans())
+def test_yes_and_no_words_read_as_asterisk_reads_them(default: bool) -> None:
+    for word in ("yes", "YES", "true", "y", "t", "1", "on", " On "):
+        assert pjsip.truth(word, default) is True
+    for word in ("no", "False", "n", "f", "0", "off"):
+        assert pjsip.truth(word, default) is False
+    for word in ("", "maybe", "2"):
+        assert pjsip.truth(word, default) is default
+
+
+def test_cgnat_from_the_recorded_answers() -> None:
+    router = {"name": "upnp-1", "kind": "upnp", "address": None, "no_public_address": True}
+    found = network.cgnat(network.Network(verdicts=(router,)))
+    assert [f.code for f in found.findings] == ["cgnat"]
+    assert "upnp-1 (upnp) says the router has no public address" in found.findings[0].message
+    hinted = network.cgnat(network.Network(hint="ppp0 reports 100.64.1.2 while stun-1 sees X"))
+    assert hinted.findings[0].message.startswith("ppp0 reports 100.64.1.2")
+    assert network.cgnat(network.Network(public={"ipv4": "198.51.100.7"})).findings == ()
+
+
+def test_live_values_that_differ_from_the_files_are_findings(tmp_path: Path) -> None:
+    directory = copy_case("hand-written", tmp_path)
+    config = parse(
+        {
+            "source": [{"kind": "command", "argv": ["true"]}],
+            "target": [{"kind": "pjsip", "file": str(directory / "pjsip.conf")}],
+        }
+    )
+    files = gather.read_files(config)
+    ((_, tree),) = files.trees
+    audit = pjsip.audit(pjsip.read(tree), pjsip.Context(BEHIND_NAT, False))
+    assert live.commands(audit) == [
+        "pjsip show transport transport-udp-nat",
+        "pjsip show endpoint 200",
+        "pjsip show endpoint 201",
+        "pjsip show endpoint provider",
+    ]
+    answers = {
+        "pjsip show transport transport-udp-nat": " external_media_address : 198.51.100.5\n"
+        " external_signaling_address : 198.51.100.7\n local_net : \n",
+        "pjsip show endpoint 200": " direct_media : true\n rtp_symmetric : false\n",
+        "pjsip show endpoint 201": " direct_media : true\n rtp_symmetric : true\n",
+        "pjsip show endpoint provider": "Unable to find object provider.",
+    }
+    found = live.compare(audit, answers).findings
+    assert [(f.object, f.message.split(" while")[0]) for f in found] == [
+        ("transport transport-udp-nat", "Asterisk runs external_media_address = 198.51.100.5"),
+        ("endpoint 201", "Asterisk runs direct_media = true"),
+        (
+            "endpoint provider",
+            "Asterisk runs no endpoint provider although the files define it:"
+            " it has not read them since, or rejected the section, so calls use what it runs",
+        ),
+    ]
