@@ -35,7 +35,8 @@ def _target_problems(config: Config) -> list[str]:
     loaded: list[Loaded] = []
     for index, target in enumerate(config.targets):
         try:
-            items = [reconcile.load(part) for part in reconcile.expand(target)]
+            user = config.asterisk.user
+            items = [reconcile.load(part, user) for part in reconcile.expand(target)]
             make_plan(items, addresses)
         except IpwatchError as error:
             found.append(f"{config.path}: target[{index}]: {error}")

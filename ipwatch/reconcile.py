@@ -17,7 +17,7 @@ from ipwatch import report, rounds
 from ipwatch import state as state_file
 from ipwatch.addresses import Family
 from ipwatch.asterisk import control
-from ipwatch.asterisk.conf import Document, load_tree
+from ipwatch.asterisk.conf import load_tree, read_optional_document
 from ipwatch.asterisk.link import (
     AsteriskAuthError,
     AsteriskError,
@@ -57,13 +57,16 @@ def expand(target: TargetConfig) -> tuple[TargetConfig, ...]:
     return tuple(parts)
 
 
-def load(target: TargetConfig) -> Loaded:
+def load(target: TargetConfig, asterisk_user: str | None = None) -> Loaded:
+    """Read a target's files. Run as root, `asterisk_user` (asterisk.user) keeps ipwatch from
+    reading or writing, on Asterisk's behalf, a file outside its directory that this user could
+    not (see load_tree)."""
     top = Path(target.file)
-    sorcery = top.parent / "sorcery.conf"
-    sorcery_document = (
-        Document.parse(sorcery.read_bytes(), str(sorcery)) if sorcery.is_file() else None
+    tree = load_tree(top, asterisk_user=asterisk_user)
+    sorcery = (
+        read_optional_document(top.parent / "sorcery.conf") if target.kind == "pjsip" else None
     )
-    return Loaded(target, load_tree(top), sorcery_document if target.kind == "pjsip" else None)
+    return Loaded(target, tree, sorcery)
 
 
 def confirmed(decisions: Mapping[Family, Decision]) -> dict[Family, str]:
@@ -76,7 +79,8 @@ def confirmed(decisions: Mapping[Family, Decision]) -> dict[Family, str]:
 def plan(config: Config, addresses: Mapping[Family, str]) -> Plan:
     """What the targets' files must become for `addresses` (only confirmed ones are passed)."""
     return make_plan(
-        [load(part) for target in config.targets for part in expand(target)], addresses
+        [load(part, config.asterisk.user) for target in config.targets for part in expand(target)],
+        addresses,
     )
 
 
