@@ -188,23 +188,18 @@ def _own_hint(network: Network) -> str | None:
 def rtp_range(rtp: Document | None, lan_address: str | None) -> Outcome:
     """`rtp-range`: the UDP ports audio uses, which the router must forward to this host."""
     start, end = RTP_DEFAULTS
-    file, line, origin = None, None, "Asterisk's defaults, no rtp.conf"
+    origin, file, line = "Asterisk's defaults: no rtp.conf", None, None
     if rtp is not None:
-        origin = f"{rtp.path}"
-        file = rtp.path
+        origin = "Asterisk's defaults: rtp.conf does not set them"
         for option in rtp.find("rtpstart") + rtp.find("rtpend"):
-            if option.section is None or option.section.name.lower() != "general":
-                continue
-            if not option.value.strip().isdigit():
+            in_general = option.section is not None and option.section.name.lower() == "general"
+            if not in_general or not option.value.strip().isdigit():
                 continue
             if option.key.lower() == "rtpstart":
-                start, line = int(option.value), option.line
+                start = int(option.value)
             else:
                 end = int(option.value)
-                line = line or option.line
-        if line is None:
-            origin = f"Asterisk's defaults, {rtp.path} does not set them"
-            file = None
+            origin, file, line = "rtp.conf", rtp.path, line or option.line
     to = f" to {lan_address}" if lan_address else " to this host"
     return Outcome(
         (
