@@ -55,11 +55,16 @@ CAUSES = {
 
 @dataclass(frozen=True)
 class FileChange:
-    """One file to rewrite: `old` is the content the plan was computed from, `new` replaces it."""
+    """One file to rewrite: `old` is the content the plan was computed from, `new` replaces it.
+
+    `identity`, (st_dev, st_ino) of the file that was read, keeps the write on that file: a link
+    swapped in meanwhile by whoever may write its directory could otherwise lead it elsewhere.
+    """
 
     path: Path
     old: bytes
     new: bytes
+    identity: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -267,6 +272,9 @@ def _unchanged(change: FileChange) -> _Snapshot:
         raise ApplyError(f"{change.path} no longer exists; run again") from None
     except OSError as error:
         raise ApplyError(_failure(change.path, error, [], "read")) from error
+    found = snapshot.status
+    if change.identity not in (None, (found.st_dev, found.st_ino)):
+        raise ApplyError(f"{change.path} is no longer the file that was read; run again")
     if snapshot.content != change.old:
         raise ApplyError(f"{change.path} changed since it was read; run again")
     return snapshot

@@ -50,22 +50,24 @@ class Loaded:
     target: TargetConfig
     tree: Tree
     sorcery: Document | None
+    dnsmgr: bool = False  # dnsmgr.conf beside it enables Asterisk's DNS manager
 
 
 def make_plan(loaded: Sequence[Loaded], addresses: Mapping[Family, str]) -> Plan:
     """Given the targets' files and the confirmed addresses, return what must change."""
     plans: list[TargetPlan] = []
-    edited: dict[Path, tuple[bytes, bytes]] = {}
+    edited: dict[Path, FileChange] = {}
     for item in loaded:
-        plan, documents = plan_target(item.target, item.tree, addresses, item.sorcery)
+        plan, documents = plan_target(item.target, item.tree, addresses, item.sorcery, item.dnsmgr)
         plans.append(plan)
         for path, document in documents.items():
             if path in edited:
                 raise ConfFileError(
                     f"{path}: edited by two targets; configure it in one [[target]]"
                 )
-            edited[path] = (item.tree.documents[path].serialise(), document.serialise())
-    changes = tuple(FileChange(path, old, new) for path, (old, new) in edited.items() if old != new)
+            read = item.tree.documents[path]
+            edited[path] = FileChange(path, read.serialise(), document.serialise(), read.identity)
+    changes = tuple(change for change in edited.values() if change.old != change.new)
     return Plan(tuple(plans), changes)
 
 

@@ -333,14 +333,20 @@ class Document:
     Documents are immutable: the edit methods return a new document and leave this one as it was.
     """
 
-    def __init__(self, text: str, path: str, bom: bool) -> None:
+    def __init__(
+        self, text: str, path: str, bom: bool, identity: tuple[int, int] | None = None
+    ) -> None:
         """Use `Document.parse`; this takes text already decoded and without its byte order mark."""
         self.path = path
+        # (st_dev, st_ino) of the file read, so that a write can tell it is still that file.
+        self.identity = identity
         self._text = text
         self._bom = bom
 
     @classmethod
-    def parse(cls, data: bytes | str, path: str) -> Document:
+    def parse(
+        cls, data: bytes | str, path: str, identity: tuple[int, int] | None = None
+    ) -> Document:
         """Read `data`, the content of the file at `path`; any bytes are accepted.
 
         Bytes that are not UTF-8 are decoded with surrogateescape so that they come back unchanged.
@@ -348,7 +354,7 @@ class Document:
         """
         text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
         bom = text.startswith(_BOM)
-        return cls(text[1:] if bom else text, path, bom)
+        return cls(text[1:] if bom else text, path, bom, identity)
 
     @property
     def text(self) -> str:
@@ -1072,11 +1078,18 @@ def read_document(
     ConfFileError naming the file and what to do otherwise. `top`: the file a target names;
     `inspect` may refuse the opened file before it is read (see read_regular_file).
     """
+    identity: list[tuple[int, int]] = []
+
+    def note(descriptor: int, found: os.stat_result) -> None:
+        if inspect is not None:
+            inspect(descriptor, found)
+        identity.append((found.st_dev, found.st_ino))
+
     try:
-        data = read_regular_file(path, limit, inspect=inspect)
+        data = read_regular_file(path, limit, inspect=note)
     except (OSError, Unfit) as problem:
         raise ConfFileError(_unreadable(path, problem, limit, top)) from None
-    return Document.parse(data, str(path))
+    return Document.parse(data, str(path), identity[0])
 
 
 def read_optional_document(path: Path) -> Document | None:

@@ -698,3 +698,25 @@ def test_a_upnp_worker_that_ended_between_rounds_is_replaced() -> None:
     finally:
         upnp._stop_all()
     assert options not in upnp._workers
+
+
+def test_a_file_swapped_for_a_link_between_plan_and_apply_is_not_written(lab: Path) -> None:
+    """Even with the same content, a link put in place of a file read leads no write elsewhere."""
+    from ipwatch.asterisk.conf import load_tree
+    from ipwatch.config import TargetConfig
+    from ipwatch.errors import ApplyError
+    from ipwatch.files import apply_changes
+    from ipwatch.plan import Loaded, make_plan
+
+    etc = lab / "etc"
+    etc.mkdir()
+    (etc / "pjsip.conf").write_text(PJSIP)
+    roots = victim(lab, "roots.conf")
+    roots.write_text(PJSIP)
+    target = TargetConfig(kind="pjsip", file=str(etc / "pjsip.conf"))
+    plan = make_plan([Loaded(target, load_tree(etc / "pjsip.conf"), None)], {"ipv4": NEW})
+    (etc / "pjsip.conf").unlink()
+    (etc / "pjsip.conf").symlink_to(roots)
+    with pytest.raises(ApplyError, match="is no longer the file that was read; run again"):
+        apply_changes(plan.changes, lab / "state" / "backups")
+    assert roots.read_text() == PJSIP
