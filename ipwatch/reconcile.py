@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ipwatch import report, rounds
+from ipwatch import hostnames, report, rounds
 from ipwatch import state as state_file
 from ipwatch.addresses import Family
 from ipwatch.asterisk import control
@@ -27,7 +27,7 @@ from ipwatch.asterisk.link import (
     open_link,
 )
 from ipwatch.asterisk.peer import AsteriskImpostor
-from ipwatch.asterisk.targets import GENERATED_SIP, TargetPlan
+from ipwatch.asterisk.targets import GENERATED_SIP, TargetPlan, dnsmgr_enabled
 from ipwatch.config import AsteriskConfig, Config, TargetConfig
 from ipwatch.decide import Decision
 from ipwatch.errors import ConfigError, IpwatchError
@@ -66,7 +66,8 @@ def load(target: TargetConfig, asterisk_user: str | None = None) -> Loaded:
     sorcery = (
         read_optional_document(top.parent / "sorcery.conf") if target.kind == "pjsip" else None
     )
-    return Loaded(target, tree, sorcery)
+    dnsmgr = dnsmgr_enabled(read_optional_document(top.parent / "dnsmgr.conf"))
+    return Loaded(target, tree, sorcery, dnsmgr)
 
 
 def confirmed(decisions: Mapping[Family, Decision]) -> dict[Family, str]:
@@ -179,16 +180,107 @@ def converge(
     if asterisk is not None and (the_plan.in_sync or not write):
         result["running"] = asterisk.running()
         result["in_sync"] = the_plan.in_sync and result["running"]["in_sync"] is True
+    names = hostnames.wanted(the_plan.targets, addresses) if asterisk is not None else []
     if write:
         if fresh:
             announce("change", fresh)
             writer.save(_announced(writer.current, fresh))
+        # The DDNS update went out with `change`: Asterisk must not resolve before it landed.
+        resolved = _wait_for_names(names, config, writer, progress)
         result["asterisk"] = _write_and_tell(the_plan, asterisk, result, writer, progress)
+        refreshed = _refresh_names(asterisk, names, resolved, writer) if asterisk else []
         if result["asterisk"] is not None:
             _announce_outcome(announce, result["asterisk"], decisions)
+    else:
+        resolved = {w.host.name: resolve(w.host.name, w.host.family) for w in names}
+        refreshed = []
+    if names:
+        _judge_names(result, names, resolved, refreshed, writer, config, waited=write)
     if asterisk is not None:
         writer.save({**writer.current, "asterisk": _running_state(writer.current, result, config)})
     return result
+
+
+# The system resolver, as Asterisk uses it; tests replace it.
+resolve: hostnames.Resolve = hostnames.system_resolve
+
+
+def _wait_for_names(
+    names: Sequence[hostnames.Wanted],
+    config: Config,
+    writer: StateWriter,
+    progress: control.Progress | None,
+) -> dict[str, frozenset[str]]:
+    if not names:
+        return {}
+
+    def show(line: str) -> None:
+        log.info("dns: %s", line)
+        writer.save({**writer.current, "pending": [f"dns: {line}"]})
+        if progress is not None:
+            progress(line)
+
+    resolved = hostnames.wait(names, resolve, config.dns_wait, show)
+    pending = writer.current.get("pending") or []
+    if pending and str(pending[0]).startswith("dns: "):
+        writer.save({**writer.current, "pending": []})
+    return resolved
+
+
+def _refresh_names(
+    asterisk: Asterisk,
+    names: Sequence[hostnames.Wanted],
+    resolved: Mapping[str, frozenset[str]],
+    writer: StateWriter,
+) -> list[str]:
+    """Make Asterisk resolve each PJSIP name again that now gives its address and has not been
+    resolved again for it; chan_sip's `sip reload` came with telling Asterisk."""
+    before = writer.current.get("names") or {}
+    due = [
+        w
+        for w in names
+        if w.by_pjsip
+        and w.address in resolved.get(w.host.name, frozenset())
+        and (before.get(w.host.name) or {}).get("refreshed") != w.address
+    ]
+    if not due:
+        return []
+    done: list[str] = []
+    try:
+        link = asterisk.connect()
+        try:
+            for want in due:
+                command = hostnames.refresh(link, want)
+                log.info(
+                    "asterisk: %s resolves to %s; ran `%s`", want.host.name, want.address, command
+                )
+                done.append(want.host.name)
+        finally:
+            link.close()
+    except AsteriskError as error:
+        log.error("asterisk: cannot make Asterisk resolve again: %s", error)
+    return done
+
+
+def _judge_names(
+    result: dict[str, Any],
+    names: Sequence[hostnames.Wanted],
+    resolved: Mapping[str, frozenset[str]],
+    refreshed: Sequence[str],
+    writer: StateWriter,
+    config: Config,
+    *,
+    waited: bool,
+) -> None:
+    before = writer.current.get("names") or {}
+    state = hostnames.record(before, names, resolved, refreshed, time.time(), config.dns_wait)
+    writer.save({**writer.current, "names": state})
+    problems = hostnames.judge(names, resolved, state)
+    result["names"] = {"problems": problems, "waited": waited}
+    if problems:
+        result["in_sync"] = False
+        for problem in problems if waited else ():
+            log.error("dns: %s", problem)
 
 
 def _write_and_tell(

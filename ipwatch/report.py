@@ -28,6 +28,7 @@ def check_result(
     result["applied"] = False
     result["asterisk"] = None
     result["running"] = None
+    result["names"] = None
     return result
 
 
@@ -37,15 +38,20 @@ def format_plan(result: Mapping[str, Any]) -> str:
     lines = [f"# note: {note}" for target in result["targets"] for note in target["notes"]]
     running = result.get("running") or {}
     lines += [f"# asterisk: {problem}" for problem in running.get("problems") or []]
+    lines += [f"# dns: {problem}" for problem in (result.get("names") or {}).get("problems") or []]
     if running.get("error"):
         lines.append(f"# asterisk: {running['error']}; whether it runs the address is unknown")
     if result["diff"]:
         return "\n".join(lines) + ("\n" if lines else "") + str(result["diff"])
-    if running.get("problems"):
-        lines.append("# the files are right; `ipwatch check --apply` makes Asterisk reload them")
+    if running.get("problems") or names_failed(result):
+        lines.append("# the files are right; `ipwatch check --apply` makes Asterisk take them")
     elif not running.get("error"):
         lines.append("# in sync: nothing to change")
     return "\n".join(lines) + "\n"
+
+
+def names_failed(result: Mapping[str, Any]) -> bool:
+    return bool((result.get("names") or {}).get("problems"))
 
 
 def check_exit_status(result: Mapping[str, Any]) -> int:
@@ -58,10 +64,13 @@ def check_exit_status(result: Mapping[str, Any]) -> int:
         return 3
     if asterisk.get("error"):
         return 3  # Asterisk was told but does not show the address
-    if result["applied"] or asterisk.get("verified"):
+    if (result["applied"] or asterisk.get("verified")) and not names_failed(result):
         return 0
     if (result.get("running") or {}).get("error"):
         return 3  # the files may be right, but whether Asterisk runs them is unknown
+    names = result.get("names") or {}
+    if names.get("problems"):
+        return 3 if names.get("waited") else 1  # waited for dns_wait in vain, or not yet
     return 0 if result["in_sync"] else 1
 
 
@@ -93,6 +102,7 @@ def _target_lines(result: Mapping[str, Any]) -> list[str]:
         lines += [f"  note: {note}" for note in target["notes"]]
     running = result.get("running") or {}
     lines += [f"asterisk: {problem}" for problem in running.get("problems") or []]
+    lines += [f"dns: {problem}" for problem in (result.get("names") or {}).get("problems") or []]
     if running.get("error"):
         lines.append(f"asterisk: {running['error']}; whether it runs the address is unknown")
     asterisk = result.get("asterisk")

@@ -56,6 +56,9 @@ def _evaluate(state: dict[str, Any] | None, state_dir: str) -> dict[str, Any]:
         for owed in state.get("retry_hooks") or []
     ]
     problems += _asterisk_problems(state.get("asterisk"), time.time())
+    problems += [
+        (WARNING, f"dns: {text}") for text in _name_problems(state.get("names"), time.time())
+    ]
     daemon = _daemon(state.get("daemon"))
     if daemon is not None:
         problems += _daemon_problems(daemon, time.time())
@@ -110,6 +113,26 @@ def _asterisk_problems(asterisk: Any, now: float) -> list[tuple[int, str]]:
     level = CRITICAL if overdue is not None and overdue > 0 else WARNING
     since = f" (since {asterisk.get('since')})"
     return [(level, f"asterisk: {problem}{since}") for problem in asterisk.get("problems") or []]
+
+
+def _name_problems(names: Any, now: float) -> list[str]:
+    """Host names that resolved to the wrong address for longer than dns_wait, and PJSIP names
+    Asterisk has not resolved again since they moved."""
+    problems: list[str] = []
+    for name, entry in (names or {}).items():
+        if entry.get("address") not in entry.get("resolves", []):
+            overdue = _seconds_since(entry.get("warn_after"), now)
+            if overdue is not None and overdue > 0:
+                shown = ", ".join(entry.get("resolves") or []) or "nothing"
+                problems.append(
+                    f"{name} resolves to {shown}, not {entry.get('address')}, since"
+                    f" {entry.get('since')}: longer than dns_wait; is its DNS record updated?"
+                )
+        elif "refreshed" in entry and entry["refreshed"] != entry.get("address"):
+            problems.append(
+                f"Asterisk has not resolved {name} again since it moved to {entry.get('address')}"
+            )
+    return problems
 
 
 def _daemon_problems(daemon: dict[str, Any], now: float) -> list[tuple[int, str]]:

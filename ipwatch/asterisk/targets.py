@@ -44,6 +44,19 @@ class Edit:
 
 
 @dataclass(frozen=True)
+class HostName:
+    """A value Asterisk resolves itself (PJSIP external_* = a name, chan_sip externhost): ipwatch
+    does not edit it; it waits until the name resolves to the address, then has Asterisk resolve
+    again (`refresh`, the command, or "reload" after the file's mtime moved)."""
+
+    name: str
+    family: Family
+    file: str
+    line: int
+    refresh: str
+
+
+@dataclass(frozen=True)
 class TargetPlan:
     name: str
     kind: str
@@ -55,6 +68,7 @@ class TargetPlan:
     # A module this target matters only with: where Asterisk has not loaded it (FreePBX leaves
     # chan_sip's files behind on PJSIP-only systems), it is neither reloaded nor verified.
     module: str | None = None
+    names: tuple[HostName, ...] = ()
 
     @property
     def in_sync(self) -> bool:
@@ -76,24 +90,30 @@ def plan_target(
     tree: Tree,
     addresses: Mapping[Family, str],
     sorcery: Document | None = None,
+    dnsmgr: bool = False,
 ) -> tuple[TargetPlan, dict[Path, Document]]:
     """Return the target's plan and the edited documents (only those that change).
 
     `sorcery` is sorcery.conf beside the target, if there is one: it says whether PJSIP reads
-    its transports from these files at all.
+    its transports from these files at all. `dnsmgr` says whether dnsmgr.conf enables Asterisk's
+    DNS manager, which decides how a host name is resolved again.
     """
     for family, address in addresses.items():
         _require_plain(family, address)
     name = target.name or target.kind
     if target.freepbx:
         return _plan_freepbx(target, tree, addresses, sorcery, name)
+    names: list[HostName] = []
     if target.kind == "pjsip":
         _refuse_realtime(sorcery)
-        changes, notes, expected = _pjsip_changes(target, tree, addresses)
+        changes, notes, expected = _pjsip_changes(target, tree, addresses, names, dnsmgr)
     else:
-        changes, notes, expected = _chan_sip_changes(target, tree, addresses)
+        changes, notes, expected = _chan_sip_changes(target, tree, addresses, names)
     edits, documents = _apply(changes)
-    return TargetPlan(name, target.kind, target.file, edits, tuple(notes), expected), documents
+    plan = TargetPlan(
+        name, target.kind, target.file, edits, tuple(notes), expected, names=tuple(names)
+    )
+    return plan, documents
 
 
 def _plan_freepbx(
@@ -112,6 +132,19 @@ def _plan_freepbx(
     return plan, documents
 
 
+def dnsmgr_enabled(document: Document | None) -> bool:
+    """Whether dnsmgr.conf turns Asterisk's DNS manager on: `[general] enable = yes`. Without the
+    file it is off (main/dnsmgr.c), and host names are resolved only when a module loads."""
+    if document is None:
+        return False
+    found = [
+        o.value
+        for o in document.find("enable")
+        if o.section is not None and o.section.name.lower() == "general"
+    ]
+    return bool(found) and found[-1].strip().lower() in ("yes", "true", "y", "t", "1", "on")
+
+
 # --- PJSIP ---------------------------------------------------------------------------------
 
 
@@ -123,7 +156,11 @@ class _Transport:
 
 
 def _pjsip_changes(
-    target: TargetConfig, tree: Tree, addresses: Mapping[Family, str]
+    target: TargetConfig,
+    tree: Tree,
+    addresses: Mapping[Family, str],
+    names: list[HostName],
+    dnsmgr: bool,
 ) -> tuple[list[_Change], list[str], dict[str, dict[str, str]]]:
     keys = _keys(target)
     values = _values_by_section(tree, [*keys, "bind", "local_net"])
@@ -148,12 +185,48 @@ def _pjsip_changes(
         _refuse_exec(tree, transport)
         shown = expected.setdefault(transport.section.name, {})
         for key in keys:
-            change = _transport_change(transport, values, key, address, explicit, notes, transports)
+            provider = _provider(transport, values, key)
+            if (
+                provider is not None
+                and provider.option.value
+                and not _is_address(provider.option.value)
+            ):
+                shown[key] = provider.option.value  # `pjsip show transport` shows the name
+                _name_used(transport, key, provider, family, dnsmgr, names, notes)
+                continue
+            change = _transport_change(transport, values, key, address, explicit, transports)
             if change is not None:
                 changes.append(change)
             if change is not None or _effective(transport, values, key):
                 shown[key] = address
     return _deduplicated(changes), notes, expected
+
+
+def _name_used(
+    transport: _Transport,
+    key: str,
+    provider: TreeOption,
+    family: Family,
+    dnsmgr: bool,
+    names: list[HostName],
+    notes: list[str],
+) -> None:
+    name = provider.option.value
+    refresh = f"dnsmgr refresh {name}" if dnsmgr else "reload"
+    if all(known.name != name for known in names):
+        names.append(HostName(name, family, provider.document.path, provider.option.line, refresh))
+    how = (
+        f"run `dnsmgr refresh {name}`"
+        if dnsmgr
+        else f"move {Path(provider.document.path).name}'s mtime and run"
+        " `module reload res_pjsip.so` (dnsmgr is off)"
+    )
+    note = (
+        f"transport {transport.section.name} uses {name} for {key}; after the DNS update"
+        f" ipwatch will {how}"
+    )
+    if note not in notes:
+        notes.append(note)
 
 
 def _keys(target: TargetConfig) -> list[str]:
@@ -266,7 +339,6 @@ def _transport_change(
     key: str,
     address: str,
     explicit: bool,
-    notes: list[str],
     transports: Mapping[str, _Transport],
 ) -> _Change | None:
     provider = _provider(transport, values, key)
@@ -276,11 +348,7 @@ def _transport_change(
             return None
         _require_local_net(transport, values, transport.document.path)
         return _Change(None, transport.section, transport.document, key, address, (name,))
-    current = provider.option.value
-    if current == address:
-        return None
-    if current and not _is_address(current):
-        notes.append(f"transport {name}: {key} is the host name {current!r}; left as it is")
+    if provider.option.value == address:
         return None
     owner = provider.section
     assert owner is not None
@@ -342,7 +410,7 @@ def _refuse_realtime(sorcery: Document | None) -> None:
 
 
 def _chan_sip_changes(
-    target: TargetConfig, tree: Tree, addresses: Mapping[Family, str]
+    target: TargetConfig, tree: Tree, addresses: Mapping[Family, str], names: list[HostName]
 ) -> tuple[list[_Change], list[str], dict[str, dict[str, str]]]:
     # chan_sip's externaddr is one IPv4 address (sip.conf.sample); IPv6 has no NAT to describe.
     address = addresses.get("ipv4")
@@ -360,8 +428,22 @@ def _chan_sip_changes(
         and item.section.name.lower() == "general"
     ]
     expected = {"general": {"externaddr": address}}
+    hosts = [
+        item
+        for item in tree.find("externhost")
+        if item.section is not None and item.section.name.lower() == "general"
+    ]
+    if hosts:
+        # chan_sip resolves externhost itself (re-resolving it every externrefresh seconds), and
+        # `sip show settings` shows what it resolved to: so the address can be verified.
+        last = hosts[-1]
+        name = last.option.value
+        names.append(HostName(name, "ipv4", last.document.path, last.option.line, "sip reload"))
+        notes = [
+            f"chan_sip uses externhost {name}; after the DNS update ipwatch will run `sip reload`"
+        ]
+        return [], notes, expected
     if not found:
-        _refuse_externhost(tree, target)
         document = tree.documents[Path(general[0].path)]
         return (
             [_Change(None, general[0], document, "externaddr", address, ("general",))],
@@ -388,16 +470,6 @@ def _chan_sip_changes(
         [],
         expected,
     )
-
-
-def _refuse_externhost(tree: Tree, target: TargetConfig) -> None:
-    for item in tree.find("externhost"):
-        raise ConfFileError(
-            f"{item.document.path}:{item.option.line}: chan_sip uses externhost ="
-            f" {item.option.value}, which it resolves itself every externrefresh seconds;"
-            " point that name at your DDNS record, or replace it with externaddr to let"
-            " ipwatch manage the address"
-        )
 
 
 def _split_host_port(value: str) -> tuple[str, str | None]:

@@ -205,18 +205,21 @@ def _pick_port(ipv6: bool) -> int:
 
 
 @contextlib.contextmanager
-def running_bind9(directory: Path, port: int | None = None, ipv6: bool = True) -> Iterator[Bind9]:
-    """Start named in `directory` (on a free port unless given), wait until it answers, stop it."""
+def running_bind9(
+    directory: Path, port: int | None = None, ipv6: bool = True, host: str = "127.0.0.1"
+) -> Iterator[Bind9]:
+    """Start named in `directory` on `host` (on a free port unless given), wait until it
+    answers, stop it."""
     named = need("named", "bind9")
     host6 = "::1" if ipv6 and ipv6_loopback_available() else None
     port = port or _pick_port(host6 is not None)
     secret = base64.b64encode(secrets.token_bytes(32)).decode()
-    conf = _write_config(directory, port, host6, secret)
+    conf = _write_config(directory, port, host6, secret, host)
     with open(directory / "named.log", "wb") as log:
         process = subprocess.Popen(
             [named, "-g", "-n", "1", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
         )
-    server = Bind9("127.0.0.1", port, host6, directory, process, secret)
+    server = Bind9(host, port, host6, directory, process, secret)
     try:
         wait_until(
             lambda: serving(process, server.log, server.host, port, "named"),

@@ -23,7 +23,7 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -179,11 +179,12 @@ class RealAsterisk:
         path.write_text(text)
         return path
 
-    def start(self) -> RealAsterisk:
+    def start(self, wrapper: Sequence[str] = ()) -> RealAsterisk:
+        """Start it (under `wrapper`, e.g. a private mount namespace) and wait until it booted."""
         binary = self.prefix / "sbin" / "asterisk"
         out = (self.root / "log" / "stdout").open("wb")
         self.process = subprocess.Popen(
-            [str(binary), "-C", str(self.asterisk_conf), "-f", "-n"],
+            [*wrapper, str(binary), "-C", str(self.asterisk_conf), "-f", "-n"],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
