@@ -2,8 +2,9 @@
 
 Shell scripts are found by their shebang (or a `# shellcheck shell=` line, for sourced
 fragments) anywhere under contrib/, hooks/, tests/package/ and debian/ (the maintainer
-scripts), so a script added there is checked without editing this file. The event triggers run with `ipwatch` replaced by a stub that records its
-arguments and fails with exit 3 ("no daemon running"), which must never fail their caller.
+scripts), so a script added there is checked without editing this file. The event triggers run
+with `ipwatch` replaced by a stub that records its arguments and fails with exit 3 ("no daemon
+running"), which must never fail their caller.
 """
 
 from __future__ import annotations
