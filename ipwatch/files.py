@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 
 from ipwatch.errors import ApplyError, UnsafeStateDirectory
+from ipwatch.reading import Unfit, read_regular_file
 
 # Asterisk expands `#include` patterns with glob(3), which never matches a leading dot, and the
 # suffix keeps even a `.*.conf` pattern away; the prefix tells clean_stale_temp_files they are ours.
@@ -267,11 +268,15 @@ def _new_times(old_mtime_ns: int) -> tuple[int, int]:
 
 def _unchanged(change: FileChange) -> _Snapshot:
     try:
-        snapshot = _snapshot(Path(os.path.realpath(change.path)))
+        snapshot = _snapshot(Path(os.path.realpath(change.path)), len(change.old))
     except FileNotFoundError:
         raise ApplyError(f"{change.path} no longer exists; run again") from None
     except OSError as error:
         raise ApplyError(_failure(change.path, error, [], "read")) from error
+    except Unfit as unfit:
+        raise ApplyError(f"{change.path} {unfit.reason} now; run again") from None
+    if snapshot is None:
+        raise ApplyError(f"{change.path} changed since it was read; run again")
     found = snapshot.status
     if change.identity not in (None, (found.st_dev, found.st_ino)):
         raise ApplyError(f"{change.path} is no longer the file that was read; run again")
@@ -280,10 +285,26 @@ def _unchanged(change: FileChange) -> _Snapshot:
     return snapshot
 
 
-def _snapshot(target: Path) -> _Snapshot:
-    with open(target, "rb") as stream:
-        descriptor = stream.fileno()
-        return _Snapshot(target, stream.read(), os.fstat(descriptor), _read_xattrs(descriptor))
+def _snapshot(target: Path, expected: int) -> _Snapshot | None:
+    """The file's content, status and xattrs, read through one descriptor; None when it holds
+    more than the `expected` bytes, and so not the content expected.
+
+    The file is opened without blocking and must be a regular file (Unfit otherwise): whoever may
+    write its directory could have put a FIFO in its place since it was read.
+    """
+    kept: list[tuple[os.stat_result, dict[str, bytes]]] = []
+
+    def keep(descriptor: int, found: os.stat_result) -> None:
+        kept.append((found, _read_xattrs(descriptor)))
+
+    try:
+        content = read_regular_file(target, expected, inspect=keep)
+    except Unfit as unfit:
+        if unfit.too_large:
+            return None
+        raise
+    status, xattrs = kept[0]
+    return _Snapshot(target, content, status, xattrs)
 
 
 def _back_up(change: FileChange, snapshot: _Snapshot, backup_dir: Path) -> AppliedFile:
@@ -424,10 +445,13 @@ def _put_back(file: AppliedFile) -> bool:
     The old times make Asterisk, which never loaded the new version or loaded it with other times,
     see exactly the file it knew.
     """
-    current = _snapshot(file.target)
-    if current.content == file.change.old:
+    try:
+        current = _snapshot(file.target, max(len(file.change.old), len(file.change.new)))
+    except Unfit:
+        return False  # not a regular file any more: not ours to overwrite
+    if current is not None and current.content == file.change.old:
         return True
-    if current.content != file.change.new:
+    if current is None or current.content != file.change.new:
         return False
     times = (file.atime_ns, file.mtime_ns)
     _replace(file.target, file.change.old, partial(_take_over, current, times))

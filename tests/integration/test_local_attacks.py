@@ -720,3 +720,31 @@ def test_a_file_swapped_for_a_link_between_plan_and_apply_is_not_written(lab: Pa
     with pytest.raises(ApplyError, match="is no longer the file that was read; run again"):
         apply_changes(plan.changes, lab / "state" / "backups")
     assert roots.read_text() == PJSIP
+
+
+def test_a_fifo_put_in_place_of_a_file_between_plan_and_apply_does_not_hang(lab: Path) -> None:
+    from ipwatch.asterisk.conf import load_tree
+    from ipwatch.config import TargetConfig
+    from ipwatch.errors import ApplyError
+    from ipwatch.files import apply_changes
+    from ipwatch.plan import Loaded, make_plan
+
+    etc = lab / "etc"
+    etc.mkdir()
+    (etc / "pjsip.conf").write_text(PJSIP)
+    target = TargetConfig(kind="pjsip", file=str(etc / "pjsip.conf"))
+    plan = make_plan([Loaded(target, load_tree(etc / "pjsip.conf"), None)], {"ipv4": NEW})
+    (etc / "pjsip.conf").unlink()
+    os.mkfifo(etc / "pjsip.conf")
+
+    def hung(signal_number: int, frame: object) -> None:
+        raise TimeoutError("apply blocked on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        with pytest.raises(ApplyError, match=r"pjsip\.conf is a FIFO, not a regular file now"):
+            apply_changes(plan.changes, lab / "state" / "backups")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
