@@ -262,7 +262,7 @@ def _resolve_trusted(path: str) -> None:
             if not pending:
                 if not stat.S_ISREG(found.st_mode):
                     raise _Untrusted(f"{where} is not a regular file")
-                _trust(found, "it", where)
+                _trust(found, "it", where, on_the_way=False)
                 return
             directory = _move(directory, name, where)
     finally:
@@ -287,8 +287,15 @@ def _step(directory: int, name: str, where: Path) -> int:
     return opened
 
 
-def _trust(found: os.stat_result, what: str, path: Path) -> None:
+def _trust(found: os.stat_result, what: str, path: Path, on_the_way: bool = True) -> None:
     problem = _unsafe(found, what, str(path))
+    if problem and on_the_way and found.st_uid not in (0, os.geteuid()):
+        # Handing a directory such as someone's home to root is no fix; moving the hook is.
+        problem = (
+            f"{what} is owned by uid {found.st_uid}, not root or ipwatch's user, who could swap"
+            " the hook there; keep hooks, and the links to them, in directories only root can"
+            " change"
+        )
     if problem:
         raise _Untrusted(problem)
 

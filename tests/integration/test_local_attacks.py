@@ -413,9 +413,8 @@ def test_a_hook_in_a_directory_another_user_owns_cannot_be_swapped_for_theirs(la
         swapper.stdout.close()
     assert not evidence.exists(), "the other user's script ran as root"
     reason = (
-        f"directory {theirs} is owned by uid {NOBODY}, not root or ipwatch's user; run chown"
-        f" root:root {theirs} && chmod 755 {theirs} so that only root can change it and"
-        " ipwatch's user can run it"
+        f"directory {theirs} is owned by uid {NOBODY}, not root or ipwatch's user, who could swap"
+        " the hook there; keep hooks, and the links to them, in directories only root can change"
     )
     assert {(result.status, result.reason) for result in results} == {("refused", reason)}
 
