@@ -747,3 +747,32 @@ def test_a_fifo_put_in_place_of_a_file_between_plan_and_apply_does_not_hang(lab:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize(
+    ("mode", "refused"), [(0o1777, False), (0o777, True), (0o775, True), (0o755, False)]
+)
+def test_a_directory_on_the_way_to_a_hook_must_not_be_writable_by_others(
+    mode: int, refused: bool, lab: Path
+) -> None:
+    """A sticky directory, such as /tmp, is fine: others cannot rename what they do not own."""
+    from ipwatch.config import HooksConfig
+    from ipwatch.hooks import run_hooks, synthetic_event
+
+    shared = lab / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    hook = shared / "hook"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    hooks = lab / "hooks.d"
+    hooks.mkdir()
+    (hooks / "10-hook").symlink_to(hook)
+    (result,) = run_hooks(HooksConfig(str(hooks), 5.0), synthetic_event("test"), "x")
+    if refused:
+        assert (result.status, result.reason) == (
+            "refused",
+            f"directory {shared} is writable by group or others; chmod go-w {shared}",
+        )
+    else:
+        assert result.status == "ok", result.reason
