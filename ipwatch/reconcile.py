@@ -192,17 +192,15 @@ def converge(
         if result["asterisk"] is not None:
             _announce_outcome(announce, result["asterisk"], decisions)
     else:
-        resolved = {w.host.name: resolve(w.host.name, w.host.family) for w in names}
+        resolved = {
+            w.host.name: hostnames.system_resolve(w.host.name, w.host.family) for w in names
+        }
         refreshed = []
     if names:
         _judge_names(result, names, resolved, refreshed, writer, config, waited=write)
     if asterisk is not None:
         writer.save({**writer.current, "asterisk": _running_state(writer.current, result, config)})
     return result
-
-
-# The system resolver, as Asterisk uses it; tests replace it.
-resolve: hostnames.Resolve = hostnames.system_resolve
 
 
 def _wait_for_names(
@@ -213,14 +211,8 @@ def _wait_for_names(
 ) -> dict[str, frozenset[str]]:
     if not names:
         return {}
-
-    def show(line: str) -> None:
-        log.info("dns: %s", line)
-        writer.save({**writer.current, "pending": [f"dns: {line}"]})
-        if progress is not None:
-            progress(line)
-
-    resolved = hostnames.wait(names, resolve, config.dns_wait, show)
+    show = _progress_saver(writer, progress, "dns")
+    resolved = hostnames.wait(names, hostnames.system_resolve, config.dns_wait, show)
     pending = writer.current.get("pending") or []
     if pending and str(pending[0]).startswith("dns: "):
         writer.save({**writer.current, "pending": []})
@@ -322,11 +314,15 @@ def _write_and_tell(
     return outcome
 
 
-def _progress_saver(writer: StateWriter, progress: control.Progress | None) -> control.Progress:
+def _progress_saver(
+    writer: StateWriter, progress: control.Progress | None, what: str = "restart Asterisk"
+) -> control.Progress:
+    """A progress callback for a long wait (a drain, a DNS update) that logs each line and keeps
+    it as pending in the state, so `ipwatch status` run meanwhile says why nothing happens."""
+
     def show_progress(line: str) -> None:
-        # `ipwatch status` run meanwhile says why nothing seems to happen.
-        log.info("asterisk: %s", line)
-        writer.save({**writer.current, "pending": [f"restart Asterisk: {line}"]})
+        log.info("%s: %s", what.split()[-1].lower(), line)
+        writer.save({**writer.current, "pending": [f"{what}: {line}"]})
         if progress is not None:
             progress(line)
 
