@@ -8,8 +8,8 @@ The state directory (state.json, the lock, backups/) may be writable by another 
 running ipwatch: systemd gives it to the daemon's user, and an admin runs `ipwatch check --apply` as
 root beside it. Whoever can write a directory can plant a symbolic link in it, so nothing below the
 state directory is reached by path: each directory is opened relative to its parent's descriptor
-with O_NOFOLLOW and must be a real directory of ipwatch's own user, files are created relative to
-that descriptor, and root refuses a state directory of another user altogether.
+with O_NOFOLLOW and must be a real directory of ipwatch's own user (or root), files are created
+relative to that descriptor, and root refuses a state directory of another user altogether.
 """
 
 from __future__ import annotations
@@ -348,7 +348,7 @@ def _private_directory(backup_dir: Path, below: tuple[str, ...]) -> int:
 
 def _own_subdirectory(parent: int, name: str, where: Path) -> int:
     """Open the directory `name` in `parent`, made mode 0700 if missing; it must be a real
-    directory of this user that others cannot write."""
+    directory of this user (or root) that others cannot write."""
     with contextlib.suppress(FileExistsError):
         os.mkdir(name, 0o700, dir_fd=parent)
         os.fsync(parent)  # the new directory survives a power cut like a file would
@@ -364,7 +364,7 @@ def _own_subdirectory(parent: int, name: str, where: Path) -> int:
     found = os.fstat(descriptor)
     problem = (
         f"belongs to {_user_name(found.st_uid)}"
-        if found.st_uid != os.geteuid()
+        if found.st_uid not in (0, os.geteuid())
         else "is writable by group or others"
         if found.st_mode & _OTHERS_WRITE
         else ""

@@ -776,3 +776,26 @@ def test_a_directory_on_the_way_to_a_hook_must_not_be_writable_by_others(
         )
     else:
         assert result.status == "ok", result.reason
+
+
+def test_a_directory_of_another_user_inside_the_state_dir_is_not_entered(lab: Path) -> None:
+    need_root()
+    from ipwatch.errors import ApplyError
+    from ipwatch.files import FileChange, apply_changes
+
+    etc = lab / "etc"
+    etc.mkdir()
+    (etc / "pjsip.conf").write_text(PJSIP)
+    state = lab / "state"
+    backups = state / "backups"
+    backups.mkdir(parents=True)
+    give(backups)
+    change = FileChange(etc / "pjsip.conf", PJSIP.encode(), PJSIP.replace(OLD, NEW).encode())
+    with pytest.raises(ApplyError) as refused:
+        apply_changes([change], backups)
+    name = pwd.getpwuid(NOBODY).pw_name
+    assert str(refused.value) == (
+        f"{backups} belongs to {name} (uid {NOBODY}), so someone else could plant links in it;"
+        f" remove it (rm -r {backups}) and run again; no file was changed"
+    )
+    assert (etc / "pjsip.conf").read_text() == PJSIP
