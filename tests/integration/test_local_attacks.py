@@ -799,3 +799,16 @@ def test_a_directory_of_another_user_inside_the_state_dir_is_not_entered(lab: Pa
         f" remove it (rm -r {backups}) and run again; no file was changed"
     )
     assert (etc / "pjsip.conf").read_text() == PJSIP
+
+
+def test_check_apply_as_root_leaves_an_included_file_the_asterisk_user_could_not_edit(
+    lab: Path,
+) -> None:
+    need_root()
+    top, theirs = outside_include(lab)
+    name = pwd.getpwuid(NOBODY).pw_name
+    config = apply_config(lab, top, f'user = "{name}"\n')
+    finished = run_ipwatch("check", "--apply", config=config, state_dir=lab / "state")
+    assert finished.returncode == 78, finished.stderr
+    assert f"{theirs} is outside {top.parent} and {name} (asterisk.user) cannot" in finished.stderr
+    assert theirs.read_text() == PJSIP
