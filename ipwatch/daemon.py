@@ -504,7 +504,7 @@ class Daemon:
         files = [Path(self.config.path)]
         for part in (p for target in self.config.targets for p in reconcile.expand(target)):
             try:
-                files += reconcile.load(part, self.config.asterisk.user).tree.documents
+                files += reconcile.load(part).tree.documents
             except IpwatchError:
                 files.append(Path(part.file))  # reported by the round; watch for a fix
         return files

@@ -16,8 +16,13 @@ every evented variable, then one NOTIFY per change with SEQ + 1. The channel:
   with a body of at most MAX_BODY bytes that parses strictly as a property set (no DOCTYPE, so
   no entity of any kind can be declared, let alone expanded).
 
-A NOTIFY whose ExternalIPAddress differs from the last one heard is a hint (port mappings come
-and go with NOTIFYs of their own, which are not). Connections are served one at a time, each
+Every NOTIFY after SEQ 0 is a hint, except one that only tells of port mappings (a LAN device
+opening a port). Not only those with a new ExternalIPAddress: miniupnpd sends no NOTIFY for an
+event that comes while the last one to the same subscriber is still in flight, and a WAN move
+is two events a millisecond apart (the new address added, the old deleted). In the lab the
+first one's NOTIFY sometimes still named the old address and the second never came; the round
+it starts finds the new one. The initial NOTIFY is a hint when its address differs from the
+last one heard (after a subscription was lost). Connections are served one at a time, each
 within CONNECTION_DEADLINE, so a flood costs bounded memory and never more than one round at a
 time (the daemon's debounce).
 """
@@ -53,6 +58,7 @@ _SERVICES = (
 _DEVICE = "{urn:schemas-upnp-org:device-1-0}"
 _EVENT = "{urn:schemas-upnp-org:event-1-0}"
 _CLOSING = "Content-Length: 0\r\nConnection: close\r\n\r\n"
+_PORT_MAPPING_VARIABLES = frozenset({"PortMappingNumberOfEntries", "SystemUpdateID"})
 _SEQ_WRAP = 4294967295  # UDA 1.1 §4.2.1: after this SEQ comes 1, not 0
 
 
@@ -181,7 +187,8 @@ class Subscription(Channel):
         super().__init__(name, hint, changed)
         self.options = options
         self.path = f"/ipwatch/{secrets.token_hex(8)}"
-        self.address: str | None = None  # the last ExternalIPAddress heard
+        self.variables: dict[str, str] = {}  # the last value heard of each evented variable
+        self.detail = ""
         self.current: _Subscribed | None = None
 
     def serve(self) -> None:
@@ -202,8 +209,9 @@ class Subscription(Channel):
         sid, seconds, local, router = _subscribe(url, self.path, port, self.options.event_timeout)
         now = time.monotonic()
         self.current = _Subscribed(url, router, sid, now + seconds / 2, now + INITIAL_WAIT)
-        self.working("subscribed", f"{url}, callback http://{local}:{port}{self.path}")
-        self.update(sid=sid, expires=stamp(time.time() + seconds))
+        self.detail = f"{url}, callback http://{local}:{port}{self.path}"
+        # Subscribed for real once SEQ 0 shows that NOTIFYs get through (take).
+        self.update(state="subscribing", sid=sid, expires=stamp(time.time() + seconds))
 
     def wait_for_notify(self, listener: socket.socket) -> None:
         current = self.current
@@ -260,13 +268,18 @@ class Subscription(Channel):
             raise ChannelError(f"NOTIFY SEQ {notify.seq} where {current.expected} was due")
         if notify.seq == 0:
             current.initial_by = None
+            self.working("subscribed", self.detail)
         current.expected = next_seq(notify.seq)
-        address = notify.variables.get("ExternalIPAddress")
-        if address is None:
-            return
-        known, self.address = self.address, address
-        if known is not None and address != known:
-            self.event(f"ExternalIPAddress {address} (SEQ {notify.seq})")
+        changed = {k for k, v in notify.variables.items() if self.variables.get(k) != v}
+        first = not self.variables
+        self.variables.update(notify.variables)
+        if "ExternalIPAddress" in changed and not first:
+            self.event(
+                f"ExternalIPAddress {self.variables['ExternalIPAddress']} (SEQ {notify.seq})"
+            )
+        elif notify.seq and not (changed and changed <= _PORT_MAPPING_VARIABLES):
+            what = ", ".join(sorted(changed)) or "nothing visible"
+            self.event(f"NOTIFY SEQ {notify.seq} ({what} changed)")
 
     def unsubscribe(self) -> None:
         current, self.current = self.current, None

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,10 @@ class Pbx:
         self.lab.stop("ipwatch")
         return self.daemon.wait()
 
+    def push_status(self, name: str) -> dict[str, Any]:
+        """The push channel of source `name` as the state file records it."""
+        return dict((self.state().get("push") or {}).get(name) or {})
+
     def daemon_log(self) -> str:
         log = self.lab.directory / "ipwatch.log"  # where Lab.spawn puts its output
         return log.read_text(errors="replace") if log.exists() else ""
@@ -170,9 +174,14 @@ class Pbx:
 
 
 @contextlib.contextmanager
-def open_pbx(directory: Path, settings: Settings = Settings()) -> Iterator[Pbx]:
-    """Build the lab with everything running and ipwatch confirmed on PUBLIC_ADDRESS, with
-    pjsip.conf, Asterisk and (with ddns) the DNS record all on it; tear it all down after."""
+def open_pbx(
+    directory: Path,
+    settings: Settings = Settings(),
+    before_daemon: Callable[[Lab], object] = lambda lab: None,
+) -> Iterator[Pbx]:
+    """Build the lab with everything running and ipwatch confirmed on the settings' public
+    address, with pjsip.conf, Asterisk and (with ddns) the DNS record all on it; tear it all
+    down after. `before_daemon` may change the lab before ipwatch starts."""
     pjsip = _pjsip_conf(settings.public_address)
     asterisk_dir = write_config(directory / "etc-asterisk", {"pjsip.conf": pjsip})
     with StandInAsterisk(asterisk_dir, directory / "asterisk.ctl") as asterisk:
@@ -196,6 +205,7 @@ def open_pbx(directory: Path, settings: Settings = Settings()) -> Iterator[Pbx]:
                 settings.role,
             )
             _write_ipwatch_config(pbx, settings, directory)
+            before_daemon(lab)
             pbx.start_daemon()
             try:
                 pbx.wait_confirmed(settings.public_address)
