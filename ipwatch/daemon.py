@@ -209,7 +209,9 @@ class Daemon:
         which every source is asked and quorum and `confirm` decide as always."""
         news = self.pushes.take()
         if news.status_changed:
-            self.soon(self.record_pushes, "push-status", 0.0)
+            # A job of its own each time: APScheduler skips a job whose id is still running,
+            # and a change that came while the last record was being written would be lost.
+            self.add_job(self.record_pushes, "date", run_date=_now())
         if not news.hints:
             return
         delay = self.debounce.delay(time.monotonic(), self.config.fast_confirm)
@@ -504,7 +506,7 @@ class Daemon:
         files = [Path(self.config.path)]
         for part in (p for target in self.config.targets for p in reconcile.expand(target)):
             try:
-                files += reconcile.load(part).tree.documents
+                files += reconcile.load(part, self.config.asterisk.user).tree.documents
             except IpwatchError:
                 files.append(Path(part.file))  # reported by the round; watch for a fix
         return files
