@@ -419,20 +419,9 @@ def _chan_sip_changes(
     general = [s for s in tree.find_sections("general") if not s.template and not s.append]
     if not general:
         raise ConfFileError(f"{target.file}: has no [general] section; add one")
-    # chan_sip reads externaddr and externip into one setting: the last one read wins.
-    found = [
-        item
-        for item in tree.options()
-        if item.option.key.lower() in CHAN_SIP_KEYS
-        and item.section is not None
-        and item.section.name.lower() == "general"
-    ]
+    found = _extern_addresses(tree)
     expected = {"general": {"externaddr": address}}
-    hosts = [
-        item
-        for item in tree.find("externhost")
-        if item.section is not None and item.section.name.lower() == "general"
-    ]
+    hosts = [item for item in tree.find("externhost") if _in_general(item)]
     if hosts:
         # chan_sip resolves externhost itself (re-resolving it every externrefresh seconds), and
         # `sip show settings` shows what it resolved to: so the address can be verified.
@@ -470,6 +459,16 @@ def _chan_sip_changes(
         [],
         expected,
     )
+
+
+def _extern_addresses(tree: Tree) -> list[TreeOption]:
+    """externaddr and externip in [general], in reading order: chan_sip reads both into one
+    setting, so the last one read wins."""
+    return [o for o in tree.options() if o.option.key.lower() in CHAN_SIP_KEYS and _in_general(o)]
+
+
+def _in_general(item: TreeOption) -> bool:
+    return item.section is not None and item.section.name.lower() == "general"
 
 
 def _split_host_port(value: str) -> tuple[str, str | None]:
@@ -720,13 +719,7 @@ def _freepbx_chan_sip(target: TargetConfig, tree: Tree, addresses: Mapping[Famil
     if address is None:
         return (), {}, ("chan_sip: no confirmed ipv4 address",), {}
     expected = {"general": {"externaddr": address}}
-    found = [
-        item
-        for item in tree.options()
-        if item.option.key.lower() in CHAN_SIP_KEYS
-        and item.section is not None
-        and item.section.name.lower() == "general"
-    ]
+    found = _extern_addresses(tree)
     generated = [i.option.value for i in found if Path(i.document.path).name == GENERATED_SIP]
     said = generated[-1] if generated else "not set"
     notes = (
