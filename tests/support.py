@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -88,6 +89,25 @@ def run_ipwatch(
     return subprocess.run(
         [*command, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
+
+
+@contextlib.contextmanager
+def ipwatch_daemon(
+    config: Path, state_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """`ipwatch run` in a subprocess; at the end it is stopped and its log printed (pytest shows
+    it when the test fails)."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("IPWATCH_")}
+    command = [sys.executable, "-m", "ipwatch", "-c", str(config), "--state-dir", str(state_dir)]
+    process = subprocess.Popen(
+        [*command, "run"], env=environment | (env or {}), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        print(process.communicate(timeout=20)[1])
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

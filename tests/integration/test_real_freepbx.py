@@ -5,10 +5,8 @@ generated file rewritten, then one full reload) does not take it away."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from tests.peers.real_asterisk import (
     pjsip_probe_peer,
 )
 from tests.peers.sip_probe import SipProbe
-from tests.support import run_ipwatch, wait_until
+from tests.support import ipwatch_daemon, run_ipwatch, wait_until
 
 pytestmark = pytest.mark.integration
 CORPUS = Path(__file__).parents[1] / "data" / "corpus" / "freepbx"
@@ -160,26 +158,9 @@ def daemon_fixture(
     asterisk.start()
     config = config_for(tmp_path, asterisk)
     config.write_text(config.read_text().replace("confirm = 1\n", 'confirm = 1\ninterval = "1h"\n'))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IPWATCH_")}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ipwatch",
-            "-c",
-            str(config),
-            "--state-dir",
-            str(tmp_path / "s"),
-            "run",
-        ],
-        env=env | notify_socket.env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    notify_socket.wait_for(READY="1", timeout=15)
-    yield asterisk, process
-    process.terminate()
-    print(process.communicate(timeout=20)[1])
+    with ipwatch_daemon(config, tmp_path / "s", notify_socket.env) as process:
+        notify_socket.wait_for(READY="1", timeout=15)
+        yield asterisk, process
 
 
 def test_the_daemon_leaves_a_regeneration_alone_when_asterisk_keeps_the_address(

@@ -4,9 +4,7 @@ that are right is seen by `check` and `status`, and put right by `check --apply`
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from tests.peers.real_asterisk import (
     ipwatch_config,
     nat_transport,
 )
-from tests.support import run_ipwatch, wait_until
+from tests.support import ipwatch_daemon, run_ipwatch, wait_until
 
 pytestmark = pytest.mark.integration
 TRANSPORT = "transport-udp-nat"
@@ -184,25 +182,8 @@ def daemon_fixture(tmp_path: Path, pbx: RealAsterisk) -> Iterator[subprocess.Pop
     config = configure(tmp_path, pbx)
     text = config.read_text().replace("confirm = 1\n", 'confirm = 1\ninterval = "300ms"\n')
     config.write_text(text)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IPWATCH_")}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ipwatch",
-            "-c",
-            str(config),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "run",
-        ],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    yield process
-    process.terminate()
-    print(process.communicate(timeout=20)[1])
+    with ipwatch_daemon(config, tmp_path / "state") as process:
+        yield process
 
 
 def test_the_daemon_puts_a_behind_asterisk_right(

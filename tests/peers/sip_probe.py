@@ -145,7 +145,7 @@ class SipProbe:
         with self._lock:
             self._requests.clear()
 
-    def wait_for(self, method: str, carrying: str, timeout: float = 15.0) -> Request:
+    def wait_for(self, method: str, carrying: str, timeout: float = 30.0) -> Request:
         """The first `method` request whose Via and Contact (or SDP) name the address `carrying`."""
 
         def found() -> Request | None:

@@ -4,12 +4,12 @@ The tests run a real Asterisk (tests/peers/real_asterisk.py) wherever one can sh
 This stand-in is for what a real Asterisk built here cannot show: versions before 16.18 / 18.4
 that need a restart, a hung command, a dropped connection, a rejected config, scripted call
 counts and a clock under the test's control. Its replies are built from bytes recorded from a
-real Asterisk 22.10.1 (tests/data/asterisk/asterisk22/) and from Asterisk's source: main/manager.c (AMI), main/asterisk.c
-(console socket, restart), main/cli.c (CLI dispatch, `core show channels`), main/loader.c
-(`module reload`), main/config.c (config syntax), res/res_sorcery_config.c and
-res/res_pjsip/config_transport.c (what a reload keeps), res/res_pjsip/pjsip_cli.c (`pjsip show`)
-and channels/chan_sip.c (`sip show settings`). Where this module simplifies, the docstring of the
-piece says so.
+real Asterisk 22.10.1 (tests/data/asterisk/asterisk22/) and from Asterisk's source:
+main/manager.c (AMI), main/asterisk.c (console socket, restart), main/cli.c (CLI dispatch,
+`core show channels`), main/loader.c (`module reload`), main/config.c (config syntax),
+res/res_sorcery_config.c and res/res_pjsip/config_transport.c (what a reload keeps),
+res/res_pjsip/pjsip_cli.c (`pjsip show`) and channels/chan_sip.c (`sip show settings`). Where
+this module simplifies, the docstring of the piece says so.
 
 What a test gets:
 - AMI over TCP: `Login` (plain or MD5 challenge), `Logoff`, `Ping`, `Events`, `Command` (the
