@@ -305,12 +305,30 @@ def _check(args: argparse.Namespace, config: Config | None) -> int:
         result = reconcile.check(config, writer, write=False)
     else:
         _refuse_beside_the_daemon(_state_dir(args))
+        _refuse_a_foreign_state_dir(_state_dir(args))
         announcer = Announcer(config, writer)
         announcer.retry_hooks()  # owed by an earlier run
         result = reconcile.check(config, writer, write=True, announce=announcer)
         announcer.update_ddns()  # a failed update of an earlier run may be due again
     print(json.dumps(result, indent=2) if args.json else report.format_check(result))
     return report.check_exit_status(result)
+
+
+def _refuse_a_foreign_state_dir(state_dir: Path) -> None:
+    """Before anything is announced or written: root must not write into a directory another
+    user controls (the backups and state would go through links that user planted)."""
+    import os
+
+    from ipwatch.errors import StateError
+    from ipwatch.files import open_state_directory
+
+    try:
+        os.close(open_state_directory(state_dir))
+    except OSError as error:
+        raise StateError(
+            f"{state_dir}: cannot be opened ({error.strerror}); pass --state-dir or fix its"
+            " permissions"
+        ) from None
 
 
 def _refuse_beside_the_daemon(state_dir: Path) -> None:

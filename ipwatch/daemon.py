@@ -32,6 +32,7 @@ from typing import Any
 from ipwatch import config as config_file
 from ipwatch import reconcile, rounds
 from ipwatch.addresses import Family
+from ipwatch.asterisk.conf import Limits
 from ipwatch.config import Config
 from ipwatch.decide import Decision, Tracking, decide
 from ipwatch.errors import IpwatchError
@@ -41,6 +42,7 @@ from ipwatch.instance import InstanceLock
 from ipwatch.notify import Notifier, watchdog_interval
 from ipwatch.observe import observe
 from ipwatch.pushes import Debounce, Pushes
+from ipwatch.reading import Unfit, read_regular_file
 from ipwatch.watch import FileWatcher
 
 log = logging.getLogger("ipwatch")
@@ -573,9 +575,10 @@ def _settled(decision: Decision) -> Decision:
 
 
 def _digest(path: Path) -> str | None:
+    # A FIFO or a device put there must neither hang the daemon nor fill its memory.
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
+        return hashlib.sha256(read_regular_file(path, Limits.file_size)).hexdigest()
+    except (OSError, Unfit):
         return None
 
 

@@ -812,3 +812,27 @@ def test_check_apply_as_root_leaves_an_included_file_the_asterisk_user_could_not
     assert finished.returncode == 78, finished.stderr
     assert f"{theirs} is outside {top.parent} and {name} (asterisk.user) cannot" in finished.stderr
     assert theirs.read_text() == PJSIP
+
+
+def test_root_refuses_another_users_state_dir_before_announcing_anything(lab: Path) -> None:
+    """The refusal comes first: no hook hears `change`, no file is written, one error line."""
+    need_root()
+    etc = lab / "etc-asterisk"
+    etc.mkdir()
+    (etc / "pjsip.conf").write_text(PJSIP)
+    (lab / "state").mkdir()
+    state = give(lab / "state")
+    hooks = lab / "hooks.d"
+    hooks.mkdir()
+    hook = hooks / "10-record"
+    hook.write_text(f'#!/bin/sh\necho "$1" >> "{lab / "heard"}"\n')
+    hook.chmod(0o755)
+    config = apply_config(lab, etc / "pjsip.conf")
+    config.write_text(config.read_text().replace(str(lab / "no-hooks"), str(hooks)))
+    before = (etc / "pjsip.conf").read_bytes()
+    finished = run_ipwatch("check", "--apply", config=config, state_dir=state)
+    assert finished.returncode == 78, finished.stderr
+    assert not (lab / "heard").exists()
+    assert (etc / "pjsip.conf").read_bytes() == before
+    errors = [line for line in finished.stderr.splitlines() if "owned by" in line]
+    assert len(errors) == 1, finished.stderr

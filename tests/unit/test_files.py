@@ -220,3 +220,17 @@ def test_clean_stale_temp_files_never_goes_through_a_link(tmp_path: Path) -> Non
     assert clean_stale_temp_files(tmp_path / "last", later) == []
     assert stale.exists()
     assert clean_stale_temp_files(real, later) == [stale]
+
+
+def test_the_daemons_file_digest_neither_hangs_on_a_fifo_nor_reads_a_device(
+    tmp_path: Path,
+) -> None:
+    from ipwatch.daemon import _digest
+
+    fifo = tmp_path / "pjsip.conf"
+    os.mkfifo(fifo)
+    assert _digest(fifo) is None  # a plain read would block here for ever
+    assert _digest(Path("/dev/zero")) is None  # and read without end here
+    regular = tmp_path / "sip.conf"
+    regular.write_text("[general]\n")
+    assert _digest(regular) is not None
