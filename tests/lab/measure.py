@@ -40,7 +40,11 @@ from tests.lab.lab import (
     Lab,
     Role,
 )
+from tests.lab.lab_asterisk import pjsip_conf as real_pjsip_conf
+from tests.lab.lab_asterisk import probe_in, running_asterisk
 from tests.peers.bind9 import DDNS_ZONE, Bind9
+from tests.peers.real_asterisk import RealAsterisk
+from tests.peers.sip_probe import SipProbe
 from tests.peers.stand_in import StandInAsterisk, write_config
 from tests.support import run_ipwatch, wait_until
 
@@ -70,6 +74,9 @@ class Settings:
     # source on the WAN instead of the router sources.
     push: tuple[str, ...] = ()
     upnp_options: tuple[tuple[str, Any], ...] = ()  # more keys for the upnp source
+    # A real Asterisk of this version in `lan` (lab_asterisk.py), with a SIP peer on the
+    # Internet it qualifies every second; None: the stand-in, reached through its socket.
+    real_asterisk: str | None = None
 
     @property
     def role(self) -> Role:
@@ -79,13 +86,19 @@ class Settings:
 @dataclass
 class Pbx:
     lab: Lab
-    asterisk: StandInAsterisk
+    asterisk: StandInAsterisk | RealAsterisk
     bind9: Bind9 | None
     config: Path
     state_dir: Path
     hook_log: Path
     role: Role = "lan"
+    probe: SipProbe | None = None  # with a real Asterisk: the SIP peer on the Internet
     daemon: subprocess.Popen[bytes] | None = None
+
+    @property
+    def stand_in(self) -> StandInAsterisk:
+        assert isinstance(self.asterisk, StandInAsterisk), "this lab runs a real Asterisk"
+        return self.asterisk
 
     @property
     def pjsip(self) -> Path:
@@ -130,7 +143,11 @@ class Pbx:
         wait_until(lambda: self.confirmed(address), timeout, f"ipwatch to confirm {address}")
 
     def asterisk_shows(self, address: str) -> bool:
-        """What SIP would put on the wire (Via/Contact/SDP) uses `address`."""
+        """What SIP would put on the wire (Via/Contact/SDP) uses `address`: the stand-in's
+        effective transport, or what a real Asterisk runs (`pjsip show transport`)."""
+        if isinstance(self.asterisk, RealAsterisk):
+            shown = self.asterisk.transport(TRANSPORT).get("external_signaling_address")
+            return shown == address
         state = self.asterisk.effective_transport(TRANSPORT)
         return state is not None and state.external_signaling_address == address
 
@@ -182,43 +199,59 @@ def open_pbx(
     """Build the lab with everything running and ipwatch confirmed on the settings' public
     address, with pjsip.conf, Asterisk and (with ddns) the DNS record all on it; tear it all
     down after. `before_daemon` may change the lab before ipwatch starts."""
-    pjsip = _pjsip_conf(settings.public_address)
-    asterisk_dir = write_config(directory / "etc-asterisk", {"pjsip.conf": pjsip})
-    with StandInAsterisk(asterisk_dir, directory / "asterisk.ctl") as asterisk:
-        asterisk.start()
-        (directory / "lab").mkdir()
-        with Lab.open(
-            directory / "lab", cgnat=settings.cgnat, public_address=settings.public_address
-        ) as lab:
-            lab.start_coturn()
-            lab.start_coturn(SECOND_STUN_PORT)
-            lab.start_miniupnpd(stun=not settings.cgnat)
-            bind9 = lab.start_bind9() if settings.ddns else None
-            lab.count(settings.role, "stun_rounds", "output", f"udp dport {SECOND_STUN_PORT}")
-            pbx = Pbx(
-                lab,
-                asterisk,
-                bind9,
-                directory / "ipwatch.toml",
-                directory / "state",
-                directory / "hooks.log",
-                settings.role,
+    (directory / "lab").mkdir()
+    with contextlib.ExitStack() as stack:
+        lab = stack.enter_context(
+            Lab.open(
+                directory / "lab", cgnat=settings.cgnat, public_address=settings.public_address
             )
-            _write_ipwatch_config(pbx, settings, directory)
-            before_daemon(lab)
-            pbx.start_daemon()
-            try:
-                pbx.wait_confirmed(settings.public_address)
-                if bind9 is not None:
-                    wait_until(
-                        lambda: pbx.dns_record() == [settings.public_address],
-                        10,
-                        "the first DDNS update",
-                    )
-                yield pbx
-            except BaseException:
-                print(pbx.daemon_log())
-                raise
+        )
+        asterisk, probe = _start_asterisk(stack, lab, settings, directory)
+        lab.start_coturn()
+        lab.start_coturn(SECOND_STUN_PORT)
+        lab.start_miniupnpd(stun=not settings.cgnat)
+        bind9 = lab.start_bind9() if settings.ddns else None
+        lab.count(settings.role, "stun_rounds", "output", f"udp dport {SECOND_STUN_PORT}")
+        pbx = Pbx(
+            lab,
+            asterisk,
+            bind9,
+            directory / "ipwatch.toml",
+            directory / "state",
+            directory / "hooks.log",
+            settings.role,
+            probe,
+        )
+        _write_ipwatch_config(pbx, settings, directory)
+        before_daemon(lab)
+        pbx.start_daemon()
+        try:
+            pbx.wait_confirmed(settings.public_address)
+            if bind9 is not None:
+                wait_until(
+                    lambda: pbx.dns_record() == [settings.public_address],
+                    10,
+                    "the first DDNS update",
+                )
+            yield pbx
+        except BaseException:
+            print(pbx.daemon_log())
+            raise
+
+
+def _start_asterisk(
+    stack: contextlib.ExitStack, lab: Lab, settings: Settings, directory: Path
+) -> tuple[StandInAsterisk | RealAsterisk, SipProbe | None]:
+    if settings.real_asterisk is None:
+        pjsip = _pjsip_conf(settings.public_address)
+        asterisk_dir = write_config(directory / "etc-asterisk", {"pjsip.conf": pjsip})
+        stand_in = stack.enter_context(StandInAsterisk(asterisk_dir, directory / "asterisk.ctl"))
+        stand_in.start()
+        return stand_in, None
+    probe = stack.enter_context(probe_in(lab.ns("wan"), INTERNET_SERVER))
+    pjsip = real_pjsip_conf(TRANSPORT, settings.public_address, probe.uri)
+    real = running_asterisk(settings.real_asterisk, lab.inside("lan"), {"pjsip.conf": pjsip})
+    return stack.enter_context(real), probe
 
 
 def _pjsip_conf(address: str) -> str:
@@ -314,9 +347,14 @@ _COUNTERS = (*_TRAFFIC, "stun_rounds")  # open_pbx counts the requests to SECOND
 
 
 def measure_wan_change(
-    interval: float, changes: int, trigger: bool, push: tuple[str, ...] = ()
+    interval: float,
+    changes: int,
+    trigger: bool,
+    push: tuple[str, ...] = (),
+    real_asterisk: str | None = None,
 ) -> list[float]:
-    """Seconds from each WAN address change to the stand-in Asterisk using the new address, with
+    """Seconds from each WAN address change to Asterisk using the new address (the stand-in's
+    effective transport, or `pjsip show transport` of a `real_asterisk` of that version), with
     `ipwatch run` polling every `interval` s, or (`trigger`) with `ipwatch trigger` run right
     after each change, or with the `push` channels on ("natpmp", "upnp" or "netlink").
 
@@ -335,6 +373,7 @@ def measure_wan_change(
             interval=_duration(interval),
             push=push,
             public_address=PUSH_ADDRESS if push else PUBLIC_ADDRESS,
+            real_asterisk=real_asterisk,
         )
         with open_pbx(directory, settings) as pbx:
             for number, phase in enumerate(phases):

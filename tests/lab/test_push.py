@@ -20,6 +20,7 @@ import pytest
 
 from tests.lab.lab import LAN_HOST, PUSH_ADDRESS, Lab
 from tests.lab.measure import Pbx, Settings, open_pbx
+from tests.peers.real_asterisk import VERSIONS
 from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
@@ -28,6 +29,7 @@ OLD, NEW = PUSH_ADDRESS, "198.51.102.20"
 FORGED = "198.51.102.99"
 EVENT_PORT = 28771  # the upnp source's default event_port
 PUSHED_WITHIN = 3.0  # seconds; with interval = "1h" only a push can be this quick
+REAL_ASTERISK = VERSIONS[0]
 StartPbx = Callable[..., Pbx]
 
 
@@ -230,3 +232,25 @@ def _rss_kib(pid: int) -> int:
     match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
     assert match is not None
     return int(match.group(1))
+
+
+def test_a_pushed_change_puts_the_new_address_on_the_wire_of_a_real_asterisk(
+    start_pbx: StartPbx,
+) -> None:
+    """The issue's "done when": polling every hour, no trigger script, a real Asterisk 22 on the
+    PBX and a SIP peer on the Internet that Asterisk qualifies every second through the NAT."""
+    pbx = start_pbx(push=("natpmp", "upnp"), real_asterisk=REAL_ASTERISK)
+    assert pbx.probe is not None
+    pbx.probe.wait_for("OPTIONS", OLD, timeout=10)
+    wait_channel(pbx, "upnp-1", "subscribed")
+
+    changed_at = time.monotonic()
+    pbx.lab.set_wan_address(NEW)
+    pbx.wait_asterisk(NEW, PUSHED_WITHIN)
+    verified = time.monotonic() - changed_at
+    options = pbx.probe.wait_for("OPTIONS", NEW, timeout=5)
+    print(
+        f"real Asterisk: verified on {NEW} {verified:.2f} s after the change,"
+        f" on the wire (OPTIONS Via/Contact) after {options.at - changed_at:.2f} s"
+    )
+    assert "push: " in pbx.daemon_log()

@@ -75,7 +75,7 @@ def test_a_wan_change_is_confirmed_published_applied_and_recorded(start_pbx: Sta
 
     text = pbx.pjsip.read_text()
     assert text.count(NEW) == 2 and OLD not in text
-    assert RELOAD in pbx.asterisk.commands("console")
+    assert RELOAD in pbx.stand_in.commands("console")
     wait_until(lambda: pbx.dns_record() == [NEW], 5, f"the DNS record to hold {NEW}")
     wait_until(lambda: ("applied", OLD, NEW) in pbx.hooks_seen(), 5, "the applied hook")
     assert pbx.hooks_seen() == [("change", "", OLD), ("change", OLD, NEW), ("applied", OLD, NEW)]
@@ -99,7 +99,7 @@ def test_a_wan_change_is_confirmed_published_applied_and_recorded(start_pbx: Sta
 def test_a_flap_inside_the_confirmation_window_changes_nothing(start_pbx: StartPbx) -> None:
     pbx = start_pbx(interval="1s", confirm=3, fast_confirm="1s")
     before = pbx.pjsip.read_text()
-    commands = len(pbx.asterisk.commands())
+    commands = len(pbx.stand_in.commands())
 
     pbx.lab.set_wan_address(NEW)
     wait_until(lambda: pbx.ipv4().get("candidate") == NEW, 10, f"a round to see {NEW}")
@@ -110,7 +110,7 @@ def test_a_flap_inside_the_confirmation_window_changes_nothing(start_pbx: StartP
 
     assert pbx.pjsip.read_text() == before
     assert pbx.asterisk_shows(OLD)
-    assert RELOAD not in pbx.asterisk.commands()[commands:]
+    assert RELOAD not in pbx.stand_in.commands()[commands:]
     assert pbx.hooks_seen() == [("change", "", OLD)]
     assert pbx.dns_record() == [OLD]
     code, report, text = pbx.status()
