@@ -10,21 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.lab import Lab
+from tests.lab.lab import PUBLIC_ADDRESS, Lab
 
 OpenLab = Callable[..., Lab]
 
 
 @pytest.fixture
 def open_lab(tmp_path: Path) -> Iterator[OpenLab]:
-    """Call `open_lab()` or `open_lab(cgnat=True)` for a freshly built lab, nothing running."""
+    """Call `open_lab()`, `open_lab(cgnat=True)` or `open_lab(public_address=...)` for a freshly
+    built lab, nothing running."""
     numbers = itertools.count(1)
     with contextlib.ExitStack() as labs:
 
-        def open_one(*, cgnat: bool = False) -> Lab:
+        def open_one(*, cgnat: bool = False, public_address: str = PUBLIC_ADDRESS) -> Lab:
             directory = tmp_path / f"lab{next(numbers)}"
             directory.mkdir()
-            return labs.enter_context(Lab.open(directory, cgnat=cgnat))
+            return labs.enter_context(
+                Lab.open(directory, cgnat=cgnat, public_address=public_address)
+            )
 
         yield open_one
 

@@ -18,7 +18,11 @@ from typing import Any
 
 import pytest
 
+from ipwatch.sources import upnp
+from ipwatch.sources.upnp_events import discover
+from tests.lab.conftest import OpenLab
 from tests.lab.lab import LAN_HOST, PUSH_ADDRESS, Lab
+from tests.lab.lab_asterisk import in_namespace
 from tests.lab.measure import Pbx, Settings, open_pbx
 from tests.peers.real_asterisk import VERSIONS
 from tests.support import wait_until
@@ -254,3 +258,13 @@ def test_a_pushed_change_puts_the_new_address_on_the_wire_of_a_real_asterisk(
         f" on the wire (OPTIONS Via/Contact) after {options.at - changed_at:.2f} s"
     )
     assert "push: " in pbx.daemon_log()
+
+
+def test_without_url_the_event_channel_finds_the_router_by_ssdp(open_lab: OpenLab) -> None:
+    lab = open_lab(public_address=OLD)
+    lab.start_coturn()
+    url = lab.start_miniupnpd()
+
+    found = in_namespace(lab.ns("lan"), lambda: discover(upnp.Options()))
+
+    assert found == url

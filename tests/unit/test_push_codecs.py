@@ -4,6 +4,7 @@ description's event URL; the debounce; and the wakeup that a flood cannot grow."
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import struct
 
@@ -179,3 +180,36 @@ def test_a_flood_of_hints_leaves_one_byte_and_a_counter() -> None:
         assert pushes.take().status_changed
     finally:
         pushes.close()
+
+
+def test_status_warns_about_a_failing_channel_and_shows_each_one() -> None:
+    from ipwatch import status
+
+    channels = {
+        "upnp-1": {
+            "kind": "upnp",
+            "state": "failing",
+            "failures": 3,
+            "last_error": "SUBSCRIBE answered 500",
+        },
+        "natpmp-1": {
+            "kind": "natpmp",
+            "state": "listening",
+            "detail": "224.0.0.1:5350 on 192.0.2.2, from 192.0.2.1",
+            "events": 2,
+            "last_event": "announced 198.51.102.20 (epoch 0)",
+            "last_event_at": "2026-12-05T07:46:01Z",
+        },
+    }
+    state = {"daemon": {"pid": os.getpid(), "heartbeat": "2099-01-01T00:00:00Z"}, "push": channels}
+    result = status.evaluate(state, "/var/lib/ipwatch")
+    assert result["status"] == "WARNING"
+    assert result["push"] == channels
+    assert any("push upnp-1 (upnp) failing 3 times" in p for p in result["problems"])
+    text = status.format_status(result)
+    assert "push natpmp-1 (natpmp): listening 224.0.0.1:5350 on 192.0.2.2" in text
+    assert "2 events, last at 2026-12-05T07:46:01Z: announced 198.51.102.20" in text
+
+    # A stopped daemon's channels are stopped too: no warning about them.
+    stopped = {**state, "daemon": {**state["daemon"], "stopped": "2026-12-05T08:00:00Z"}}
+    assert not any("push" in p for p in status.evaluate(stopped, "/x")["problems"])
