@@ -201,7 +201,8 @@ def test_status_warns_about_a_failing_channel_and_shows_each_one() -> None:
             "last_event_at": "2026-12-05T07:46:01Z",
         },
     }
-    state = {"daemon": {"pid": os.getpid(), "heartbeat": "2099-01-01T00:00:00Z"}, "push": channels}
+    daemon = {"pid": os.getpid(), "heartbeat": "2099-01-01T00:00:00Z"}
+    state = {"daemon": daemon, "push": channels}
     result = status.evaluate(state, "/var/lib/ipwatch")
     assert result["status"] == "WARNING"
     assert result["push"] == channels
@@ -211,5 +212,5 @@ def test_status_warns_about_a_failing_channel_and_shows_each_one() -> None:
     assert "2 events, last at 2026-12-05T07:46:01Z: announced 198.51.102.20" in text
 
     # A stopped daemon's channels are stopped too: no warning about them.
-    stopped = {**state, "daemon": {**state["daemon"], "stopped": "2026-12-05T08:00:00Z"}}
+    stopped = {**state, "daemon": {**daemon, "stopped": "2026-12-05T08:00:00Z"}}
     assert not any("push" in p for p in status.evaluate(stopped, "/x")["problems"])
