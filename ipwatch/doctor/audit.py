@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,18 @@ def examine(
     files: gather.Files, known: network.Network, ask: Ask | None, *, plan: bool = False
 ) -> Report:
     """The checks over what was gathered; `ask` reaches a running Asterisk (None: do not)."""
+    # The checks make no reference cycles, but 10,000 endpoints make a few hundred thousand
+    # objects, and each full collection walks them all: without it doctor is a fifth faster.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _examine(files, known, ask, plan)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _examine(files: gather.Files, known: network.Network, ask: Ask | None, plan: bool) -> Report:
     outcome = network.cgnat(known)
     audits: list[pjsip.Audit] = []
     documents: dict[Path, Document] = {}

@@ -14,7 +14,6 @@ from ipwatch.doctor.pjsip import QUALIFY_MAX, QUALIFY_MESSAGE, truth
 from ipwatch.doctor.sections import Sections, Value
 
 EXTERN = ("externaddr", "externip", "externhost")
-KEYS = (*EXTERN, "localnet", "nat", "qualify", "qualifyfreq", "host", "udpbindaddr", "bindaddr")
 NAT = "force_rport,comedia"
 _NAT_MESSAGE = (
     "without force_rport and comedia chan_sip answers at the port and sends audio to the address"
@@ -23,7 +22,7 @@ _NAT_MESSAGE = (
 
 
 def read(tree: Tree) -> Sections:
-    return Sections(tree, KEYS)
+    return Sections(tree)
 
 
 def audit(sections: Sections, network: Network) -> tuple[Outcome, bool]:

@@ -8,6 +8,7 @@ section adding to the generated one (LAB.md, "FreePBX layout").
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -45,8 +46,7 @@ def custom_post(path: str) -> Path:
 def describe(tree: Tree, fix: Fix) -> str:
     """The fix in words: the exact line and the section it goes into."""
     line = f"`{fix.key} = {fix.value}`"
-    document = tree.documents.get(Path(fix.file))
-    if document is not None and generated(document):
+    if _generated_file(tree, fix.file):
         return (
             f"FreePBX rewrites {Path(fix.file).name}: set it in FreePBX"
             f" ({_FREEPBX_SETTING.get(fix.key, 'the setting of that name')}), or add"
@@ -56,6 +56,14 @@ def describe(tree: Tree, fix: Fix) -> str:
     instead = f" instead of `{fix.key} = {fix.option.value}`" if fix.option else ""
     template = " (a template)" if fix.section.template else ""
     return f"set {line} in [{fix.section.name}]{template}{instead}"
+
+
+@functools.lru_cache(maxsize=256)
+def _generated_file(tree: Tree, path: str) -> bool:
+    """`generated` for a file of `tree`, found once: doctor describes 40,000 fixes for 10,000
+    endpoints that lack four options."""
+    document = tree.documents.get(Path(path))
+    return document is not None and generated(document)
 
 
 def diff(changes: Iterable[FileChange]) -> str:

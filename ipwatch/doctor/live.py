@@ -1,9 +1,7 @@
 """What a running Asterisk shows against what the files say. Pure: the commands to send, and a
 comparison of their output, which gather.py collects.
 
-The endpoints are a bounded sample (the first ones on a NAT transport, in file order): one
-`pjsip show endpoint` costs a few milliseconds, and a reload that did not happen shows in the
-first endpoint as much as in the ten-thousandth.
+The endpoints are a bounded sample, pjsip.LIVE_SAMPLE of those on a NAT transport in file order.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from ipwatch.asterisk.conf import Section
 from ipwatch.doctor.findings import Finding, Outcome
 from ipwatch.doctor.pjsip import Audit, truth
 
-SAMPLE = 10
 _ROW = re.compile(r"^\s*(\S+)\s+:\s?(.*?)\s*$", re.MULTILINE)
 _MISSING = "Unable to find object"
 RELOAD = (
@@ -28,7 +25,7 @@ RELOAD = (
 def commands(audit: Audit) -> list[str]:
     """The CLI commands whose output `compare` needs."""
     return [f"pjsip show transport {t.section.name}" for t in audit.transports] + [
-        f"pjsip show endpoint {e.section.name}" for e in audit.endpoints[:SAMPLE]
+        f"pjsip show endpoint {e.section.name}" for e in audit.endpoints
     ]
 
 
@@ -57,7 +54,7 @@ def compare(audit: Audit, answers: Mapping[str, str]) -> Outcome:
                     ", ".join(transport.local_net),
                 )
             )
-    for endpoint in audit.endpoints[:SAMPLE]:
+    for endpoint in audit.endpoints:
         shown = _shown(answers.get(f"pjsip show endpoint {endpoint.section.name}"))
         if shown is None:
             findings.append(_absent("endpoint", endpoint.section))

@@ -40,14 +40,12 @@ class Value:
 
 
 class Sections:
-    """Reads `keys`, and the `type` lines of `kinds`, once from `tree`; answers what each
-    section's values are."""
+    """Answers what each section's values are; reads the `type` lines of `kinds` at once, and
+    each other key once, when it is first asked for (a key no check needs costs nothing)."""
 
-    def __init__(self, tree: Tree, keys: Iterable[str], kinds: Iterable[str] = ()) -> None:
+    def __init__(self, tree: Tree, kinds: Iterable[str] = ()) -> None:
         self.tree = tree
         self._by_key: dict[str, dict[Section, list[TreeOption]]] = {}
-        for key in keys:
-            self._by_key[key.lower()] = _grouped(tree.find(key))
         # Only `type = <kind>` lines are looked up: reading all 30,000 `type` lines of a big
         # PBX costs half a second, and a section that inherits an endpoint template while
         # setting a type of another kind itself is not a configuration anyone writes.
@@ -72,14 +70,20 @@ class Sections:
                 found.add(section)
         return sorted(found, key=lambda s: (s.path, s.line))
 
+    def _options(self, key: str) -> dict[Section, list[TreeOption]]:
+        folded = key.lower()
+        if folded not in self._by_key:
+            self._by_key[folded] = _grouped(self.tree.find(key))
+        return self._by_key[folded]
+
     @property
     def inheriting(self) -> tuple[Section, ...]:
         """The sections whose headers name templates."""
         return self._inheriting
 
     def setting(self, key: str) -> list[Section]:
-        """The sections that have a line for `key` themselves (read in the constructor)."""
-        return list(self._by_key[key.lower()])
+        """The sections that have a line for `key` themselves."""
+        return list(self._options(key))
 
     def _find_inheriting(self) -> Iterator[Section]:
         """Every section header that names templates, once each."""
@@ -97,6 +101,8 @@ class Sections:
 
     def chain(self, section: Section, depth: int = 0) -> tuple[Section, ...]:
         """The templates `section` inherits, in the order config.c copies them."""
+        if not section.inherits:
+            return ()
         if section in self._chains:
             return self._chains[section]
         chain: list[Section] = []
@@ -117,18 +123,20 @@ class Sections:
         return self._templates[name]
 
     def value(self, section: Section, key: str) -> Value | None:
-        """The section's value for `key` (read in the constructor), or None when nothing sets it."""
-        grouped = self._by_key[key.lower()]
-        last: TreeOption | None = None
-        for owner in (*self.chain(section), section):
-            items = grouped.get(owner)
-            if items:
-                last = items[-1]
-        return None if last is None else Value(last.option.value, last)
+        """The section's value for `key`, or None when nothing sets it."""
+        grouped = self._options(key)
+        last = grouped.get(section)
+        if last is None:
+            # The section's own lines come last and win; only without them do templates count.
+            for owner in reversed(self.chain(section)):
+                last = grouped.get(owner)
+                if last is not None:
+                    break
+        return None if last is None else Value(last[-1].option.value, last[-1])
 
     def values(self, section: Section, key: str) -> list[Value]:
         """Every value for a key that adds up rather than overrides (PJSIP's local_net)."""
-        grouped = self._by_key[key.lower()]
+        grouped = self._options(key)
         return [
             Value(item.option.value, item)
             for owner in (*self.chain(section), section)
