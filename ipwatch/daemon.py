@@ -37,7 +37,7 @@ from ipwatch.config import Config
 from ipwatch.decide import Decision, Tracking, decide
 from ipwatch.errors import IpwatchError
 from ipwatch.events import Announcer
-from ipwatch.health import AsteriskRetry, QuorumWatch
+from ipwatch.health import AsteriskRetry, Liveness, QuorumWatch
 from ipwatch.instance import InstanceLock
 from ipwatch.notify import Notifier, watchdog_interval
 from ipwatch.observe import observe
@@ -85,8 +85,7 @@ class Daemon:
         self.quorum = QuorumWatch()
         self.pushes = Pushes()
         self.debounce = Debounce()
-        self.busy_since: float | None = None
-        self.last_progress = time.monotonic()
+        self.liveness = Liveness()
         self.last_heartbeat = 0.0
         self.watcher = FileWatcher(self.file_changed)
         from apscheduler.executors.pool import ThreadPoolExecutor
@@ -240,19 +239,16 @@ class Daemon:
 
     def ping_watchdog(self) -> None:
         """Ping unless a step has shown no progress for longer than systemd allows."""
-        every = watchdog_interval() or 0.0
-        if self.busy_since is None or time.monotonic() - self.last_progress < 2 * every:
+        stalled = self.liveness.stalled(time.monotonic(), 2 * (watchdog_interval() or 0.0))
+        if stalled is None:
             self.notifier.watchdog()
         else:
-            log.error(
-                "watchdog: no progress for %.0f s; not pinging",
-                time.monotonic() - self.last_progress,
-            )
+            log.error("watchdog: no progress for %.0f s; not pinging", stalled)
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
         """One serialised piece of work; its failure is logged and reported, never fatal."""
-        self.busy_since = self.last_progress = time.monotonic()
+        self.liveness.begin(time.monotonic())
         try:
             yield
         except StopRequested:
@@ -263,10 +259,10 @@ class Daemon:
             log.exception("%s: internal error", name)
             self.report_problem(f"internal error in {name}: {type(error).__name__}: {error}")
         finally:
-            self.busy_since = None
+            self.liveness.end()
 
     def progress(self, line: str) -> None:
-        self.last_progress = time.monotonic()
+        self.liveness.progressed(time.monotonic())
         if self.stop_requested.is_set():
             raise StopRequested
         if not self.ready:
@@ -304,7 +300,7 @@ class Daemon:
             due, waiting = self.backoff.split(self.config.sources, family, now)
             asked = observe(due, family)
             self.backoff.record(asked, family, now)
-            self.last_progress = time.monotonic()
+            self.liveness.progressed(time.monotonic())
             decision = decide(family, asked + waiting, self.trackings[family], policy)
             self.trackings[family] = decision.tracking
             decisions[family] = decision
@@ -312,7 +308,7 @@ class Daemon:
 
     def touch(self) -> None:
         """Progress without news: the watchdog ping goes on."""
-        self.last_progress = time.monotonic()
+        self.liveness.progressed(time.monotonic())
 
     def converge(self, decisions: Mapping[Family, Decision]) -> bool:
         """Bring the files (and Asterisk) in line with the confirmed addresses; True if written."""

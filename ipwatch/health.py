@@ -1,5 +1,5 @@
 """Small pieces of the daemon's memory, each with one concern: whether a family has a quorum,
-and when an unreachable Asterisk is asked again."""
+when an unreachable Asterisk is asked again, and whether the step under way still progresses."""
 
 from __future__ import annotations
 
@@ -55,3 +55,29 @@ class AsteriskRetry:
 
     def clear(self) -> None:
         self.wait = self.at = 0.0
+
+
+class Liveness:
+    """Whether the step under way (a round, a hook, an Asterisk command) still makes progress:
+    the watchdog ping stops when it has not for longer than systemd allows."""
+
+    def __init__(self) -> None:
+        self.busy_since: float | None = None
+        self.last_progress = 0.0
+
+    def begin(self, now: float) -> None:
+        self.busy_since = self.last_progress = now
+
+    def progressed(self, now: float) -> None:
+        self.last_progress = now
+
+    def end(self) -> None:
+        self.busy_since = None
+
+    def stalled(self, now: float, allowed: float) -> float | None:
+        """Seconds without progress when a step has gone quiet for `allowed` or more, else None
+        (no step under way is never stalled)."""
+        quiet = now - self.last_progress
+        if self.busy_since is None or quiet < allowed:
+            return None
+        return quiet
