@@ -218,7 +218,11 @@ class Subscription(Channel):
         assert current is not None
         due = min(current.renew_at, current.initial_by or current.renew_at)
         if self.wait_readable(listener.fileno(), max(0.0, due - time.monotonic())):
-            connection, (peer, _) = listener.accept()
+            try:
+                connection, (peer, _) = listener.accept()
+            except OSError as error:  # reset before it was accepted: the peer's business
+                self.ignore(f"a connection that failed before it was accepted ({error})")
+                return
             with connection:
                 self.answer(connection, peer, current)
             return
