@@ -61,6 +61,11 @@ done
 echo "== apt-get install ./$(basename "$deb")"
 cp "$deb" "$work/"
 check "apt-get install" apt-get install -y -q "$work/$(basename "$deb")"
+cp "$work/out" "$work/install.log"
+if ! getent passwd asterisk >/dev/null; then
+    check "the install says the asterisk user is missing" \
+        grep -q "the user 'asterisk' does not exist" "$work/install.log"
+fi
 check "ipwatch -V says $version" sh -c "ipwatch -V | grep -qx 'ipwatch ${version%%[+~-]*}'"
 check "/usr/bin/ipwatch is Debian's python3" sh -c 'head -1 /usr/bin/ipwatch | grep -qx "#! */usr/bin/python3"'
 check "ipwatch demo" timeout 120 ipwatch demo
