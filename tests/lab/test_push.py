@@ -230,6 +230,18 @@ def test_a_flood_of_notifies_gives_one_round_at_a_time_and_bounded_memory(
     _, report, text = pbx.status()
     assert report["push"]["upnp-1"]["events"] >= 1, text
 
+    # miniupnpd's next NOTIFY numbers on from its own count: a gap for ipwatch, which takes it
+    # as a hint and subscribes again.
+    assert change_and_time(pbx, NEW, PUSHED_WITHIN) < PUSHED_WITHIN
+    wait_until(
+        lambda: (
+            (s := pbx.push_status("upnp-1")).get("state") == "subscribed"
+            and s.get("sid") != subscribed["sid"]
+        ),
+        15,
+        "a new subscription after the gap",
+    )
+
 
 def _rss_kib(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()

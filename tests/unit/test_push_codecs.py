@@ -7,10 +7,12 @@ import ipaddress
 import os
 import socket
 import struct
+from typing import Any
 
 import pytest
 
 from ipwatch.pushes import Debounce, Pushes
+from ipwatch.sources import interface, natpmp, upnp
 from ipwatch.sources.natpmp_push import Ignored, parse_announcement
 from ipwatch.sources.upnp_events import (
     Invalid,
@@ -214,3 +216,22 @@ def test_status_warns_about_a_failing_channel_and_shows_each_one() -> None:
     # A stopped daemon's channels are stopped too: no warning about them.
     stopped = {**state, "daemon": {**daemon, "stopped": "2026-12-05T08:00:00Z"}}
     assert not any("push" in p for p in status.evaluate(stopped, "/x")["problems"])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        natpmp.Options(push=False),
+        upnp.Options(push=False),
+        interface.Options(interface="ppp0", push=False),
+    ],
+)
+def test_push_false_means_no_channel(options: Any) -> None:
+    module = {natpmp.Options: natpmp, upnp.Options: upnp, interface.Options: interface}
+    channel = module[type(options)].push_channel(options, "x", print, lambda: None)
+    assert channel is None
+
+
+def test_push_is_on_by_default() -> None:
+    assert natpmp.Options().push and upnp.Options().push
+    assert interface.Options(interface="ppp0").push
