@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import json
 import sys
@@ -141,6 +142,7 @@ class Key:
 def config_keys() -> list[Key]:
     """Every key of the config, built-in source and updater kinds included, in schema order."""
     keys = list(_table_keys(config.Config, "", ""))
+    # The keys every [[source]] and [[ddns]] table has, then those of each built-in kind.
     for group, plural, common in (
         ("source", plugins.SOURCES, config._SourceCommon),
         ("ddns", plugins.UPDATERS, config._UpdaterCommon),
@@ -260,11 +262,16 @@ def commands(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.Argume
     return found
 
 
+@functools.cache
+def _global_flags() -> frozenset[str]:
+    return frozenset(
+        flag for action in global_options(cli.build_parser()) for flag in action.option_strings
+    )
+
+
 def own_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     """A command's own arguments: not -h and not the global options it also accepts."""
-    shared = {
-        flag for action in global_options(cli.build_parser()) for flag in action.option_strings
-    }
+    shared = _global_flags()
     return [
         action
         for action in parser._actions
