@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import re
 import signal
 import sys
@@ -25,7 +26,7 @@ from tests.lab.lab import LAN_HOST, PUSH_ADDRESS, Lab
 from tests.lab.lab_asterisk import in_namespace
 from tests.lab.measure import Pbx, Settings, open_pbx
 from tests.peers.real_asterisk import VERSIONS
-from tests.support import wait_until
+from tests.support import need, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -280,3 +281,25 @@ def test_without_url_the_event_channel_finds_the_router_by_ssdp(open_lab: OpenLa
     found = in_namespace(lab.ns("lan"), lambda: discover(upnp.Options()))
 
     assert found == url
+
+
+LISTENERS = """
+import os, socket
+from ipwatch.sources.natpmp_push import _listening_socket
+from ipwatch.sources.upnp_events import _listener
+from ipwatch.sources.interface_events import GROUPS
+_listening_socket("192.0.2.2")
+_listener(28771)
+socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE).bind((0, GROUPS))
+print(os.getuid())
+"""
+
+
+def test_the_listeners_need_no_privilege(lab: Lab) -> None:
+    """As the shipped unit runs them: another user than root, no capability at all (the unit's
+    CapabilityBoundingSet is empty), AF_INET and AF_NETLINK only."""
+    setpriv = need("setpriv", "util-linux")
+    unprivileged = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    unprivileged += ["--inh-caps=-all", "--bounding-set=-all"]
+    done = lab.run("lan", [*unprivileged, sys.executable, "-c", LISTENERS])
+    assert done.stdout.split() == [str(pwd.getpwnam("nobody").pw_uid)]
