@@ -155,7 +155,9 @@ def config_keys() -> list[Key]:
 
 
 def _table_keys(table: type, prefix: str, header: str, kind: str = "") -> Iterator[Key]:
+    """The keys of `table`, then those of its sub-tables, as TOML must write them."""
     hints = schema.field_hints(table)
+    subtables: list[Iterator[Key]] = []
     for item in dataclasses.fields(table):
         if not item.metadata.get("toml", True):
             continue
@@ -163,10 +165,10 @@ def _table_keys(table: type, prefix: str, header: str, kind: str = "") -> Iterat
         path = f"{prefix}.{item.name}" if prefix else item.name
         default = _default(item)
         if dataclasses.is_dataclass(hint):
-            yield from _table_keys(hint, path, path)  # type: ignore[arg-type]
+            subtables.append(_table_keys(hint, path, path))  # type: ignore[arg-type]
             continue
         if schema.is_table_list(hint):
-            yield from _table_keys(hint.__args__[0], path, f"[{path}]")
+            subtables.append(_table_keys(hint.__args__[0], path, f"[{path}]"))
             continue
         text, _, example = KEYS.get(path, "").partition("|")
         shown = _toml(default, hint)
@@ -175,6 +177,8 @@ def _table_keys(table: type, prefix: str, header: str, kind: str = "") -> Iterat
         if kind and item.name != "kind":
             text = f"kind = {json.dumps(kind)}: {text}"
         yield Key(path, header, item.name, shown, text, example)
+    for keys in subtables:
+        yield from keys
 
 
 def _default(item: dataclasses.Field[Any]) -> Any:

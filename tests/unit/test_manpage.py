@@ -57,6 +57,12 @@ def test_every_config_key_is_described_with_a_default_and_an_example() -> None:
         assert roff(f"{key.name} = {key.example}") in page, key.path
 
 
+def test_each_table_has_one_section() -> None:
+    sections = [line for line in manpage.ipwatch_toml_5().splitlines() if line.startswith(".SH")]
+    assert len(sections) == len(set(sections))
+    assert sections.index(".SH [asterisk]") < sections.index(".SH [asterisk.ami]")
+
+
 @pytest.mark.parametrize("page", ["ipwatch.8", "ipwatch.toml.5"])
 def test_pages_render_without_warnings(tmp_path: Path, page: str) -> None:
     groff = need("groff", "groff-base")
