@@ -11,8 +11,11 @@ from ipwatch import config, preflight
 SHIPPED = Path(__file__).resolve().parents[2] / "contrib" / "ipwatch.toml"
 
 
-def test_config_check_accepts_it_as_shipped_on_a_system_without_asterisk() -> None:
-    loaded = config.load(str(SHIPPED))
+def test_config_check_accepts_it_as_shipped_on_a_system_without_asterisk(tmp_path: Path) -> None:
+    installed = tmp_path / "ipwatch.toml"  # with the package's mode, whatever the checkout's umask
+    installed.write_bytes(SHIPPED.read_bytes())
+    installed.chmod(0o644)
+    loaded = config.load(str(installed))
     assert loaded.targets == ()  # nothing to read, so no Asterisk file or secret is needed
     assert preflight.problems(loaded) == []
     assert len(loaded.sources) >= 3
