@@ -21,7 +21,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ipwatch.errors import SourceError
@@ -56,10 +56,9 @@ class ChannelStatus:
     last_ignored: str | None = None
     failures: int = 0  # in a row; 0 while the channel works
     last_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, {}, "")}
+        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
 
 
 class Channel:
