@@ -88,6 +88,10 @@ class Channel:
             os.write(self._stop_writer, b"x")
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self._thread.is_alive():
+            # Still in an exchange with the router (its timeouts end it soon): closing the pipe
+            # now could hand its numbers to another socket the thread would then select on.
+            return
         for fd in (self._stop_reader, self._stop_writer):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -163,6 +167,8 @@ class Channel:
                 self._failed(f"internal error: {type(error).__name__}: {error}")
             else:
                 continue
+            if self.stopping.is_set():
+                return
             failures = self.status().failures
             self.pause(min(MAX_PAUSE, FIRST_PAUSE * 2 ** (failures - 1)))
 
