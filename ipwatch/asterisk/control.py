@@ -105,7 +105,7 @@ def drain_and_restart(
     deadline = clock() + drain
     calls = active_calls(link)
     while calls and clock() < deadline:
-        until = time.strftime("%H:%M", time.localtime(time.time() + deadline - clock()))
+        until = time.strftime("%H:%M:%S", time.localtime(time.time() + deadline - clock()))
         progress(f"waiting for {calls} call{'s' if calls != 1 else ''} until {until}")
         sleep(min(POLL_SECONDS, max(0.0, deadline - clock())))
         calls = active_calls(link)

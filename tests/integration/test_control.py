@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -104,6 +105,8 @@ def test_restart_waits_for_calls_to_end(tmp_path: Path, stand_in_factory: Factor
     hangup.join()
     assert status == 0, stderr
     assert "waiting for 1 call until" in stderr
+    # to the second: "until 06:11" read at 06:11:24 looked like a deadline already past
+    assert re.search(r"waiting for 1 call until \d\d:\d\d:\d\d\b", stderr)
     counts = server.commands().count("core show channels count")
     assert counts >= 2 and server.restart_count == 1
     assert result["asterisk"]["action"] == "restart"
