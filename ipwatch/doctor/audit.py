@@ -11,7 +11,7 @@ from ipwatch.asterisk.conf import Document
 from ipwatch.config import Config
 from ipwatch.doctor import chan_sip, fixes, gather, live, network, pjsip
 from ipwatch.doctor.findings import Finding, Outcome, ordered
-from ipwatch.files import FileChange
+from ipwatch.doctor.unified import Change
 
 # Runs CLI commands on Asterisk: their outputs, and why it could not be asked (or None).
 Ask = Callable[[Sequence[str]], tuple[dict[str, str], str | None]]
@@ -20,7 +20,7 @@ Ask = Callable[[Sequence[str]], tuple[dict[str, str], str | None]]
 @dataclass(frozen=True)
 class Report:
     findings: tuple[Finding, ...]
-    changes: tuple[FileChange, ...]  # what the safe fixes make of the files; written by no one
+    changes: tuple[Change, ...]  # what the safe fixes make of the files; written by no one
 
     @property
     def diff(self) -> str:

@@ -248,3 +248,84 @@ def test_live_values_that_differ_from_the_files_are_findings(tmp_path: Path) -> 
             " it has not read them since, or rejected the section, so calls use what it runs",
         ),
     ]
+
+
+# --- the diff of many fixes ------------------------------------------------------------------
+
+
+@st.composite
+def edited_pieces(draw: st.DrawFn) -> tuple[list[str], list[str], list[tuple[int, int]]]:
+    """Files cut into pieces, each with lines replaced or added: what fixes.edit makes."""
+    old: list[str] = []
+    new: list[str] = []
+    sync: list[tuple[int, int]] = []
+    for piece in range(draw(st.integers(min_value=1, max_value=8))):
+        sync.append((len(old), len(new)))
+        size = draw(st.integers(min_value=1, max_value=12))
+        lines = [f"p{piece} line {n}\n" for n in range(size)]
+        old += lines
+        for n, line in enumerate(lines):
+            new.append(f"p{piece} changed {n}\n" if draw(st.booleans()) else line)
+            new += [f"p{piece} added {n}.{k}\n" for k in range(draw(st.integers(0, 2)))]
+    if draw(st.booleans()):  # a last line without a newline, as files sometimes have
+        old[-1], new[-1] = old[-1].rstrip("\n"), new[-1].rstrip("\n")
+    return old, new, sync
+
+
+@given(edited_pieces())
+def test_the_piecewise_diff_is_difflibs(
+    pieces: tuple[list[str], list[str], list[tuple[int, int]]],
+) -> None:
+    from ipwatch.doctor.unified import Change, unified
+    from ipwatch.files import FileChange
+    from ipwatch.plan import Plan
+
+    old, new, sync = pieces
+    before, after = "".join(old).encode(), "".join(new).encode()
+    expected = Plan((), (FileChange(Path("/x.conf"), before, after),)).diff()
+    assert unified(Change(Path("/x.conf"), before, after, tuple(sync))) == expected
+
+
+def test_many_fixes_are_made_piece_by_piece_as_the_whole_file_would_be(tmp_path: Path) -> None:
+    from ipwatch.doctor import fixes
+
+    endpoints = "".join(
+        f"[{n}]\ntype = endpoint\ntransport = t\naors = {n}\n\n"
+        f"[{n}]\ntype = aor\nmax_contacts = 1\n"
+        f"{'qualify_frequency = 300' if n % 3 == 0 else ''}\n\n"
+        for n in range(100, 100 + 2 * fixes._PIECEWISE)
+    )
+    (tmp_path / "pjsip.conf").write_text(
+        "[t]\ntype = transport\nexternal_media_address = 198.51.100.7\n\n" + endpoints
+    )
+    report = doctor(tmp_path, "pjsip", BEHIND_NAT)
+    (change,) = report.changes
+    document = (
+        gather.read_files(
+            parse(
+                {
+                    "source": [{"kind": "command", "argv": ["true"]}],
+                    "target": [{"kind": "pjsip", "file": str(tmp_path / "pjsip.conf")}],
+                }
+            )
+        )
+        .trees[0][1]
+        .documents[tmp_path / "pjsip.conf"]
+    )
+    whole = fixes._edit_whole(document, list(_fixes_of(tmp_path)))
+    assert change.new == whole.serialise()
+    assert len(change.sync) > fixes._PIECEWISE
+
+
+def _fixes_of(directory: Path) -> list[Any]:
+    from ipwatch.doctor import pjsip as checks
+
+    config = parse(
+        {
+            "source": [{"kind": "command", "argv": ["true"]}],
+            "target": [{"kind": "pjsip", "file": str(directory / "pjsip.conf")}],
+        }
+    )
+    ((_, tree),) = gather.read_files(config).trees
+    audit = checks.audit(checks.read(tree), checks.Context(BEHIND_NAT, False))
+    return list({(f.file, f.section, f.key): f for f in audit.outcome.fixes}.values())
