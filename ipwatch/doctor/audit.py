@@ -15,6 +15,8 @@ from ipwatch.doctor.unified import Change
 
 # Runs CLI commands on Asterisk: their outputs, and why it could not be asked (or None).
 Ask = Callable[[Sequence[str]], tuple[dict[str, str], str | None]]
+# Asks the router which of these (port, "UDP"/"TCP") it forwards; None when it is not asked.
+AskRouter = Callable[[Sequence[tuple[int, str]]], network.RouterAnswer | None]
 
 
 @dataclass(frozen=True)
@@ -37,25 +39,40 @@ def run(config: Config, state_dir: Path, *, plan: bool = False) -> Report:
         def ask(commands: Sequence[str]) -> tuple[dict[str, str], str | None]:
             return gather.ask_asterisk(config.asterisk, commands)
 
-    return examine(files, known, ask, plan=plan)
+    def router(ports: Sequence[tuple[int, str]]) -> network.RouterAnswer | None:
+        return gather.ask_router(config, ports)
+
+    return examine(files, known, ask, router, plan=plan)
 
 
 def examine(
-    files: gather.Files, known: network.Network, ask: Ask | None, *, plan: bool = False
+    files: gather.Files,
+    known: network.Network,
+    ask: Ask | None,
+    router: AskRouter | None = None,
+    *,
+    plan: bool = False,
 ) -> Report:
-    """The checks over what was gathered; `ask` reaches a running Asterisk (None: do not)."""
+    """The checks over what was gathered; `ask` reaches a running Asterisk and `router` the
+    router (None: do not)."""
     # The checks make no reference cycles, but 10,000 endpoints make a few hundred thousand
     # objects, and each full collection walks them all: without it doctor is a fifth faster.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _examine(files, known, ask, plan)
+        return _examine(files, known, ask, router, plan)
     finally:
         if collecting:
             gc.enable()
 
 
-def _examine(files: gather.Files, known: network.Network, ask: Ask | None, plan: bool) -> Report:
+def _examine(
+    files: gather.Files,
+    known: network.Network,
+    ask: Ask | None,
+    router: AskRouter | None,
+    plan: bool,
+) -> Report:
     outcome = network.cgnat(known)
     audits: list[pjsip.Audit] = []
     documents: dict[Path, Document] = {}
@@ -72,6 +89,10 @@ def _examine(files: gather.Files, known: network.Network, ask: Ask | None, plan:
             behind |= nat
     if behind:  # a PBX on a public address needs no forwarding
         outcome += network.rtp_range(files.rtp, known.host.get("ipv4"))
+        ports = sorted({(t.port, t.protocol) for audit in audits for t in audit.transports})
+        answer = router(ports) if router is not None else None
+        if answer is not None:
+            outcome += network.sip_port_mappings(answer, known.host.get("ipv4"))
     if ask is not None and any(a.transports for a in audits):
         outcome += _running(ask, audits)
     changes = fixes.changes(documents, outcome.fixes) if plan else ()

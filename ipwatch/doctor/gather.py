@@ -8,7 +8,10 @@ sources asked, once, as `ipwatch sources` does; doctor never writes the state.
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,12 +20,21 @@ from typing import Any, Literal
 from ipwatch.addresses import Family
 from ipwatch.asterisk.conf import Document, Tree, load_tree, read_optional_document
 from ipwatch.config import AsteriskConfig, Config, TargetConfig
-from ipwatch.doctor.network import Network, Route, default_interface, parse_routes
+from ipwatch.doctor.network import (
+    Network,
+    PortMapping,
+    Route,
+    RouterAnswer,
+    default_interface,
+    parse_routes,
+)
 from ipwatch.doctor.pjsip import truth
 from ipwatch.errors import IpwatchError
+from ipwatch.schema import format_duration
 
 log = logging.getLogger("ipwatch")
 ROUTES = Path("/proc/net/route")
+PROBE = Path(__file__).with_name("upnp_probe.py")
 # Asterisk answers a show command in milliseconds; a doctor that hangs helps nobody.
 COMMAND_TIMEOUT = 10.0
 INTERFACE_TIMEOUT = 1.0
@@ -165,3 +177,41 @@ def ask_asterisk(
     except AsteriskError as error:
         return answers, str(error)
     return answers, None
+
+
+def ask_router(config: Config, ports: Sequence[tuple[int, str]]) -> RouterAnswer | None:
+    """What the router forwards of `ports` ((port, "UDP"/"TCP")), asked over UPnP through the
+    first `upnp` source; None without one (ipwatch does not go looking for a router the config
+    does not name). The exchange runs in upnp_probe.py, killed at the source's timeout plus the
+    time discovery takes."""
+    source = next((s for s in config.sources if s.kind == "upnp"), None)
+    if source is None or not ports:
+        return None
+    options = source.options
+    request = {
+        "url": options.url,
+        "interface": options.interface,
+        "discover_timeout": options.discover_timeout,
+        "ports": [list(port) for port in ports],
+    }
+    timeout = source.timeout + (0 if options.url else options.discover_timeout)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", str(PROBE), json.dumps(request)],
+            capture_output=True,
+            timeout=timeout,
+            cwd="/",
+            check=False,
+        )
+        answer = json.loads(done.stdout.decode(errors="replace").splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        return RouterAnswer(source.name, error=f"no answer within {format_duration(timeout)}")
+    except (OSError, ValueError, IndexError) as error:
+        return RouterAnswer(source.name, error=f"the UPnP probe failed ({error})")
+    if "error" in answer:
+        return RouterAnswer(source.name, error=str(answer["error"]))
+    mappings = tuple(
+        PortMapping(int(port), str(protocol), host or None, internal, str(description or ""))
+        for port, protocol, host, internal, description in answer["mappings"]
+    )
+    return RouterAnswer(source.name, answer.get("lan") or None, mappings)

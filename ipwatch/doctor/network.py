@@ -185,6 +185,92 @@ def _own_hint(network: Network) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class PortMapping:
+    """What the router said of one port: where it forwards it, or nothing (`host` None)."""
+
+    port: int
+    protocol: str
+    host: str | None
+    internal: int | None
+    description: str
+
+
+@dataclass(frozen=True)
+class RouterAnswer:
+    """The router's UPnP answer about the SIP ports, asked through the `source` named."""
+
+    source: str
+    lan: str | None = None  # this host's address as the router sees it
+    mappings: tuple[PortMapping, ...] = ()
+    error: str | None = None
+
+
+def sip_port_mappings(answer: RouterAnswer, host: str | None) -> Outcome:
+    """`sip-port-mapping`: what the router forwards of the SIP ports, asked over UPnP. Only
+    UPnP's own mappings show there, not a forwarding set in the router's web interface."""
+    to = answer.lan or host or "this host"
+    if answer.error is not None:
+        return Outcome(
+            (
+                Finding(
+                    "info",
+                    "sip-port-mapping",
+                    None,
+                    None,
+                    "router",
+                    f"the router did not tell over UPnP ({answer.source}: {answer.error}) whether"
+                    " it forwards the SIP ports; calls from outside need them forwarded",
+                    f"check that the router forwards each transport's SIP port to {to}",
+                ),
+            )
+        )
+    ours = {address for address in (answer.lan, host) if address}
+    findings = []
+    for mapping in answer.mappings:
+        port = f"{mapping.protocol} {mapping.port}"
+        if mapping.host is None:
+            findings.append(
+                Finding(
+                    "info",
+                    "sip-port-mapping",
+                    None,
+                    None,
+                    f"router {port}",
+                    f"the router has no UPnP mapping for {port}; unless its web interface"
+                    " forwards the port, calls from outside do not reach Asterisk",
+                    f"forward {port} on the router to {to}",
+                )
+            )
+        elif mapping.host in ours:
+            findings.append(
+                Finding(
+                    "info",
+                    "sip-port-mapping",
+                    None,
+                    None,
+                    f"router {port}",
+                    f"the router forwards {port} to this host ({mapping.host}:{mapping.internal},"
+                    f" UPnP mapping {mapping.description!r})",
+                    "none needed",
+                )
+            )
+        else:
+            findings.append(
+                Finding(
+                    "warning",
+                    "sip-port-mapping",
+                    None,
+                    None,
+                    f"router {port}",
+                    f"the router forwards {port} to {mapping.host}, not to this host: calls"
+                    " from outside reach that host instead of Asterisk",
+                    f"point the forwarding of {port} on the router at {to}",
+                )
+            )
+    return Outcome(tuple(findings))
+
+
 def rtp_range(rtp: Document | None, lan_address: str | None) -> Outcome:
     """`rtp-range`: the UDP ports audio uses, which the router must forward to this host."""
     start, end = RTP_DEFAULTS

@@ -20,6 +20,7 @@ from ipwatch.doctor.findings import Finding, Fix, Outcome, Severity
 from ipwatch.doctor.fixes import describe
 from ipwatch.doctor.network import (
     Network,
+    bind_port,
     is_address,
     is_private,
     lan_subnet,
@@ -113,6 +114,8 @@ class Transport:
     section: Section
     external: Mapping[str, str]  # key -> value, where set
     local_net: tuple[str, ...]
+    port: int  # the SIP port
+    protocol: str  # "UDP" or "TCP", as a router's port mapping says
 
 
 @dataclass(frozen=True)
@@ -282,7 +285,11 @@ def _transport_findings(issues: list[_Issue]) -> Outcome:
 def _transport_values(sections: Sections, section: Section) -> Transport:
     external = {k: v.text for k in EXTERNAL if (v := sections.value(section, k)) and v.text}
     nets = tuple(v.text for v in sections.values(section, "local_net"))
-    return Transport(section, external, nets)
+    bind = sections.value(section, "bind")
+    protocol = sections.value(section, "protocol")
+    kind = protocol.text.lower() if protocol else "udp"
+    port = bind_port(bind.text if bind else None, kind)
+    return Transport(section, external, nets, port, "UDP" if kind == "udp" else "TCP")
 
 
 # --- endpoints and AORs --------------------------------------------------------------------

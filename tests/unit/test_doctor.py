@@ -329,3 +329,25 @@ def _fixes_of(directory: Path) -> list[Any]:
     ((_, tree),) = gather.read_files(config).trees
     audit = checks.audit(checks.read(tree), checks.Context(BEHIND_NAT, False))
     return list({(f.file, f.section, f.key): f for f in audit.outcome.fixes}.values())
+
+
+def test_router_mappings_to_us_elsewhere_and_none() -> None:
+    answer = network.RouterAnswer(
+        "upnp-1",
+        "192.168.1.10",
+        (
+            network.PortMapping(5060, "UDP", "192.168.1.10", 5060, "pbx"),
+            network.PortMapping(5061, "TCP", "192.168.1.20", 5061, "old pbx"),
+            network.PortMapping(5062, "TCP", None, None, ""),
+        ),
+    )
+    found = network.sip_port_mappings(answer, "192.168.1.10").findings
+    assert [(f.severity, f.object) for f in found] == [
+        ("info", "router UDP 5060"),
+        ("warning", "router TCP 5061"),
+        ("info", "router TCP 5062"),
+    ]
+    assert "reach that host instead of Asterisk" in found[1].message
+    failed = network.sip_port_mappings(network.RouterAnswer("upnp-1", error="timed out"), None)
+    assert [f.code for f in failed.findings] == ["sip-port-mapping"]
+    assert "(upnp-1: timed out)" in failed.findings[0].message
