@@ -68,13 +68,6 @@ class Outcome:
         return Outcome(self.findings + other.findings, self.fixes + other.fixes)
 
 
-def combine(outcomes: Iterable[Outcome]) -> Outcome:
-    total = Outcome()
-    for outcome in outcomes:
-        total = total + outcome
-    return total
-
-
 def exit_status(findings: Iterable[Finding]) -> int:
     """0 when nothing is above info, 1 with warnings, 2 with errors."""
     return max((EXIT_STATUS[finding.severity] for finding in findings), default=0)
