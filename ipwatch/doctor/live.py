@@ -15,7 +15,8 @@ from ipwatch.doctor.findings import Finding, Outcome
 from ipwatch.doctor.pjsip import Audit, truth
 
 _ROW = re.compile(r"^\s*(\S+)\s+:\s?(.*?)\s*$", re.MULTILINE)
-_MISSING = "Unable to find object"
+# No such object, or no res_pjsip loaded at all (the command does not exist then).
+_MISSING = ("Unable to find object", "No such command")
 RELOAD = (
     "run `module reload res_pjsip.so` in the Asterisk CLI; if Asterisk still shows the old"
     " value, its log says why it rejected the file"
@@ -70,7 +71,7 @@ def compare(audit: Audit, answers: Mapping[str, str]) -> Outcome:
 
 def _shown(output: str | None) -> dict[str, str] | None:
     """The ` name : value` rows of a show command; None when Asterisk has no such object."""
-    if output is None or _MISSING in output:
+    if output is None or any(marker in output for marker in _MISSING):
         return None
     return {key.lower(): value for key, value in _ROW.findall(output)}
 
