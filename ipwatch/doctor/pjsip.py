@@ -151,10 +151,11 @@ def audit(sections: Sections, context: Context) -> Audit:
     outcome = Outcome(tuple(headers)) + _transport_findings(issues)
     on_nat = _on(sections, nat, len(transports))
     aors = _contact_aors(sections)
+    reach = [(e, _reaches_out(sections, e, aors)) for e in on_nat]
     scopes: dict[Scope, list[Section]] = {
         "all": on_nat,
-        "outside": [e for e in on_nat if _reaches_out(sections, e, aors) != "no"],
-        "registering": [e for e in on_nat if _reaches_out(sections, e, aors) == "registers"],
+        "outside": [e for e, how in reach if how != "no"],
+        "registering": [e for e, how in reach if how == "registers"],
     }
     for check in ENDPOINT_CHECKS:
         outcome += _grouped_check(sections, scopes[check.scope], check)
