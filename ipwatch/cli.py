@@ -447,8 +447,7 @@ def _doctor(args: argparse.Namespace, config: Config | None) -> int:
     report = audit.run(config, _state_dir(args), plan=args.plan)
     status = findings.exit_status(report.findings)
     if args.json:
-        result = findings.as_json(report.findings)
-        _print_json({**result, "diff": report.diff} if args.plan else result)
+        print(findings.json_text(report.findings, report.diff if args.plan else None), end="")
     elif args.plan:
         print(report.diff or "# no safe fixes to make", end="" if report.diff else "\n")
     else:

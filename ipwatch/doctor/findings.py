@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ipwatch.asterisk.conf import Option, Section
@@ -33,7 +34,15 @@ class Finding:
     fix: str
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "file": self.file,
+            "line": self.line,
+            "object": self.object,
+            "message": self.message,
+            "fix": self.fix,
+        }
 
 
 @dataclass(frozen=True)
@@ -84,8 +93,13 @@ def ordered(findings: Iterable[Finding]) -> tuple[Finding, ...]:
     )
 
 
-def as_json(findings: Sequence[Finding]) -> dict[str, Any]:
-    return {"findings": [f.as_json() for f in findings], "exit": exit_status(findings)}
+def json_text(findings: Sequence[Finding], diff: str | None = None) -> str:
+    """`--json` output: one finding per line. json's indented output is written by its Python
+    encoder, half a second for 40,000 findings; each line here is its C encoder's."""
+    lines = ",\n".join(f"  {json.dumps(f.as_json())}" for f in findings)
+    plan = f',\n"diff": {json.dumps(diff)}' if diff is not None else ""
+    body = f"[\n{lines}\n]" if findings else "[]"
+    return f'{{"findings": {body},\n"exit": {exit_status(findings)}{plan}}}\n'
 
 
 def format_findings(findings: Sequence[Finding]) -> str:

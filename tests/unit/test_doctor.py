@@ -351,3 +351,12 @@ def test_router_mappings_to_us_elsewhere_and_none() -> None:
     failed = network.sip_port_mappings(network.RouterAnswer("upnp-1", error="timed out"), None)
     assert [f.code for f in failed.findings] == ["sip-port-mapping"]
     assert "(upnp-1: timed out)" in failed.findings[0].message
+
+
+def test_json_text_is_the_findings_and_exit_as_json() -> None:
+    many = [Finding("warning", "qualify", "p.conf", n, f"aor {n}", 'say "x"', "f") for n in (1, 2)]
+    parsed = json.loads(findings.json_text(many))
+    assert parsed == {"findings": [f.as_json() for f in many], "exit": 1}
+    assert json.loads(findings.json_text([], "")) == {"findings": [], "exit": 0, "diff": ""}
+    rows = findings.json_text(many).splitlines()[1:3]  # one finding a line
+    assert [json.loads(row.strip().rstrip(",")) for row in rows] == [f.as_json() for f in many]
