@@ -226,3 +226,16 @@ def test_real_asterisk_takes_the_freepbx_fixes_from_the_custom_post_files(
     status, result, stderr = doctor(config, state)
     assert status == 0, stderr
     assert [f["code"] for f in result["findings"]] == ["rtp-range"]
+
+
+def test_a_freepbx_target_is_audited_from_its_directory(tmp_path: Path) -> None:
+    directory = copy_case("freepbx", tmp_path)
+    config = write_config(tmp_path, f'kind = "freepbx"\ndir = "{directory}"\n')
+    status, result, stderr = doctor(config, tmp_path / "state")
+    assert status == 2, stderr
+    assert [(f["code"], f["file"] and Path(f["file"]).name) for f in result["findings"]] == [
+        ("no-local-net", "pjsip.transports.conf"),
+        ("direct-media", "pjsip.endpoint.conf"),
+        ("qualify", "pjsip.aor.conf"),
+        ("rtp-range", None),
+    ]
