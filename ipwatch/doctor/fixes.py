@@ -54,11 +54,13 @@ def describe(tree: Tree, fix: Fix) -> str:
     """The fix in words: the exact line and the section it goes into."""
     line = f"`{fix.key} = {fix.value}`"
     if _generated_file(tree, fix.file):
+        setting = _FREEPBX_SETTING.get(fix.key, "the setting of that name")
+        advice = f"FreePBX rewrites {Path(fix.file).name}: set it in FreePBX ({setting})"
+        if custom_post(fix.file) not in tree.documents:
+            return advice
         return (
-            f"FreePBX rewrites {Path(fix.file).name}: set it in FreePBX"
-            f" ({_FREEPBX_SETTING.get(fix.key, 'the setting of that name')}), or add"
-            f" `{_addition(fix)}` with {line} to"
-            f" {custom_post(fix.file).name}, which FreePBX includes after it and never writes"
+            f"{advice}, or add `{_addition(fix)}` with {line} to {custom_post(fix.file).name},"
+            " which FreePBX includes after it and never writes"
         )
     instead = f" instead of `{fix.key} = {fix.option.value}`" if fix.option else ""
     template = " (a template)" if fix.section.template else ""

@@ -360,3 +360,19 @@ def test_json_text_is_the_findings_and_exit_as_json() -> None:
     assert json.loads(findings.json_text([], "")) == {"findings": [], "exit": 0, "diff": ""}
     rows = findings.json_text(many).splitlines()[1:3]  # one finding a line
     assert [json.loads(row.strip().rstrip(",")) for row in rows] == [f.as_json() for f in many]
+
+
+def test_freepbx_fixes_go_to_a_custom_post_file_only_when_it_is_included(tmp_path: Path) -> None:
+    directory = copy_case("freepbx", tmp_path)
+    top = directory / "pjsip.conf"
+    top.write_text(top.read_text().replace("#include pjsip.endpoint_custom_post.conf\n", ""))
+    report = doctor(directory, "pjsip", BEHIND_NAT)
+    (media,) = [f for f in report.findings if f.code == "direct-media"]
+    assert media.fix == (
+        "FreePBX rewrites pjsip.endpoint.conf: set it in FreePBX (the extension's Advanced tab,"
+        " Direct Media)"
+    )
+    assert {change.path.name for change in report.changes} == {
+        "pjsip.aor_custom_post.conf",
+        "pjsip.transports_custom_post.conf",
+    }
