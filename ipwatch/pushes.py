@@ -16,11 +16,13 @@ import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipwatch.config import SourceConfig
 from ipwatch.sources import kind_module
-from ipwatch.sources.push import Channel
+
+if TYPE_CHECKING:  # the channels' modules are imported only when a source has push on
+    from ipwatch.sources.push import Channel
 
 log = logging.getLogger("ipwatch")
 

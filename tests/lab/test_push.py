@@ -303,3 +303,23 @@ def test_the_listeners_need_no_privilege(lab: Lab) -> None:
     unprivileged += ["--inh-caps=-all", "--bounding-set=-all"]
     done = lab.run("lan", [*unprivileged, sys.executable, "-c", LISTENERS])
     assert done.stdout.split() == [str(pwd.getpwnam("nobody").pw_uid)]
+
+
+def test_a_config_reload_starts_the_channels_anew(start_pbx: StartPbx) -> None:
+    pbx = start_pbx(push=("natpmp", "upnp"))
+    first = wait_channel(pbx, "upnp-1", "subscribed")
+    wait_channel(pbx, "natpmp-1", "listening")
+    assert pbx.daemon is not None
+
+    pbx.daemon.send_signal(signal.SIGHUP)  # the old subscription is given up, a new one made
+    wait_until(
+        lambda: (
+            (s := pbx.push_status("upnp-1")).get("state") == "subscribed"
+            and s.get("sid") != first["sid"]
+        ),
+        15,
+        "a new subscription after the reload",
+    )
+    assert "config reloaded" in pbx.daemon_log()
+    assert change_and_time(pbx, NEW, PUSHED_WITHIN) < PUSHED_WITHIN
+    assert pbx.push_status("natpmp-1")["state"] == "listening"
