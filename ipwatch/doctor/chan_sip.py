@@ -166,7 +166,7 @@ def _seconds(text: str) -> int:
 def _qualifies(value: str) -> bool:
     # qualify = yes, or the longest round trip in ms allowed.
     text = value.strip()
-    return truth(text, False) or (text.isdigit() and int(text) > 0)
+    return truth(text) or (text.isdigit() and int(text) > 0)
 
 
 def _peer_values(sections: Sections, key: str) -> Iterable[tuple[Section, Value]]:

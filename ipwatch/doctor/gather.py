@@ -82,7 +82,7 @@ def _dnsmgr(path: Path) -> bool:
         for o in document.find("enable")
         if o.section is not None and o.section.name.lower() == "general"
     ]
-    return bool(values) and truth(values[-1], False)
+    return bool(values) and truth(values[-1])
 
 
 def network(config: Config, state_dir: Path) -> Network:

@@ -62,7 +62,7 @@ def compare(audit: Audit, answers: Mapping[str, str]) -> Outcome:
             continue
         for key, wanted in endpoint.expected.items():
             runs = shown.get(key)
-            if runs is not None and truth(runs, not wanted) != wanted:
+            if runs is not None and truth(runs) != wanted:
                 findings.append(
                     _differs("endpoint", endpoint.section, key, runs, "yes" if wanted else "no")
                 )

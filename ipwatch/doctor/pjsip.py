@@ -38,9 +38,8 @@ LIVE_SAMPLE = 10
 # Which endpoints a check is for: all on a NAT transport, those that talk to the outside (they
 # register, or have a static contact), or those that register.
 Scope = Literal["all", "outside", "registering"]
-# main/utils.c ast_true() / ast_false().
+# main/utils.c ast_true().
 _TRUE = frozenset({"yes", "true", "y", "t", "1", "on"})
-_FALSE = frozenset({"no", "false", "n", "f", "0", "off"})
 # How many endpoints a finding about a template names before "and N more".
 _NAMED = 5
 
@@ -404,18 +403,15 @@ def _expected(sections: Sections, endpoint: Section) -> dict[str, bool]:
 # --- shared --------------------------------------------------------------------------------
 
 
-def truth(text: str, default: bool) -> bool:
-    """How Asterisk reads a yes/no option: ast_true / ast_false, anything else the default."""
-    folded = text.strip().lower()
-    if folded in _TRUE:
-        return True
-    if folded in _FALSE:
-        return False
-    return default
+def truth(text: str) -> bool:
+    """How Asterisk reads a yes/no option: sorcery's and dnsmgr's ast_true(), so that a word it
+    does not know (or nothing) is no, not the default."""
+    return text.strip().lower() in _TRUE
 
 
 def _truth(value: Value | None, default: bool) -> bool:
-    return default if value is None else truth(value.text, default)
+    """A yes/no option's value, or its default when nothing sets it."""
+    return default if value is None else truth(value.text)
 
 
 def _integer(value: Value | None, default: int) -> int:
