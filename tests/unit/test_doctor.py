@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -374,3 +375,58 @@ def test_freepbx_fixes_go_to_a_custom_post_file_only_when_it_is_included(tmp_pat
         "pjsip.aor_custom_post.conf",
         "pjsip.transports_custom_post.conf",
     }
+
+
+# --- templates, as config.c copies them --------------------------------------------------------
+
+KEYS = ("direct_media", "rtp_symmetric", "qualify_frequency")
+
+
+@st.composite
+def templated(draw: st.DrawFn) -> tuple[str, dict[str, dict[str, str]]]:
+    """A file of templates (each inheriting earlier ones) and sections inheriting them, and
+    what config.c makes of each section: the templates' variables copied depth first at the
+    header, then its own lines, the last one of a key winning."""
+    values = st.sampled_from(["yes", "no", "30", "90"])
+    text = ""
+    resolved: dict[str, dict[str, str]] = {}
+    names: list[str] = []
+    for number in range(draw(st.integers(min_value=1, max_value=8))):
+        template = draw(st.booleans()) or not names
+        name = f"t{number}" if template else f"s{number}"
+        parents = draw(st.lists(st.sampled_from(names), max_size=2)) if names else []
+        parents = [p for p in parents if p.startswith("t")]
+        entries = ",".join((["!"] if template else []) + parents)
+        text += f"[{name}]" + (f"({entries})" if entries else "") + "\n"
+        mine: dict[str, str] = {}
+        for parent in parents:
+            mine.update(resolved[parent])
+        for key in draw(st.lists(st.sampled_from(KEYS), max_size=4)):
+            value = draw(values)
+            text += f"{key} = {value}\n"
+            mine[key] = value
+        resolved[name] = mine
+        names.append(name)
+    return text, resolved
+
+
+@given(templated())
+def test_section_values_follow_templates_as_config_c_does(
+    case: tuple[str, dict[str, dict[str, str]]],
+) -> None:
+    from ipwatch.asterisk.conf import Document, Tree, load_tree
+    from ipwatch.doctor.sections import Sections
+
+    text, resolved = case
+    directory = Path(tempfile.mkdtemp(prefix="doctor-templates-"))
+    try:
+        (directory / "pjsip.conf").write_text(text)
+        tree: Tree = load_tree(directory / "pjsip.conf")
+        sections = Sections(tree)
+        document: Document = tree.documents[directory / "pjsip.conf"]
+        for section in document.sections:
+            for key in KEYS:
+                value = sections.value(section, key)
+                assert (value.text if value else None) == resolved[section.name].get(key)
+    finally:
+        shutil.rmtree(directory)
