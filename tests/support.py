@@ -18,6 +18,7 @@ import pytest
 T = TypeVar("T")
 IN_CI = os.environ.get("CI") == "true"
 SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
+SOURCE_TREE = Path(__file__).resolve().parents[1]
 
 
 def missing(reason: str) -> NoReturn:
@@ -86,6 +87,9 @@ def run_ipwatch(
     if state_dir is not None:
         command += ["--state-dir", str(state_dir)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IPWATCH_")}
+    # This tree's ipwatch also where `python -m` cannot find it from the working directory: under
+    # Debian's python3 nothing is installed, and `nsenter --mount` starts the wrapped command in /.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_TREE), env.get("PYTHONPATH")]))
     return subprocess.run(
         [*command, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
