@@ -76,21 +76,21 @@ def _examine(
     outcome = network.cgnat(known)
     audits: list[pjsip.Audit] = []
     documents: dict[Path, Document] = {}
-    behind = False
+    # The SIP ports of what is behind NAT: a PBX on a public address needs no forwarding.
+    ports: set[tuple[int, str]] = set()
     for kind, tree in files.trees:
         documents.update(tree.documents)
         if kind == "pjsip":
             audits.append(pjsip.audit(pjsip.read(tree), pjsip.Context(known, files.dnsmgr)))
             outcome += audits[-1].outcome
-            behind |= bool(audits[-1].transports)
+            ports |= {(t.port, t.protocol) for t in audits[-1].transports}
         else:
-            found, nat = chan_sip.audit(chan_sip.read(tree), known)
+            found, port = chan_sip.audit(chan_sip.read(tree), known)
             outcome += found
-            behind |= nat
-    if behind:  # a PBX on a public address needs no forwarding
+            ports |= {(port, "UDP")} if port is not None else set()
+    if ports:
         outcome += network.rtp_range(files.rtp, known.host.get("ipv4"))
-        ports = sorted({(t.port, t.protocol) for audit in audits for t in audit.transports})
-        answer = router(ports) if router is not None else None
+        answer = router(sorted(ports)) if router is not None else None
         if answer is not None:
             outcome += network.sip_port_mappings(answer, known.host.get("ipv4"))
     if ask is not None and any(a.transports for a in audits):

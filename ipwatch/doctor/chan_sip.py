@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from ipwatch.asterisk.conf import Section, Tree
 from ipwatch.doctor.findings import Finding, Fix, Outcome
 from ipwatch.doctor.fixes import describe
-from ipwatch.doctor.network import Network, is_private, lan_subnet, used_address
+from ipwatch.doctor.network import Network, bind_port, is_private, lan_subnet, used_address
 from ipwatch.doctor.pjsip import QUALIFY_MAX, QUALIFY_MESSAGE, truth
 from ipwatch.doctor.sections import Sections, Value
 
@@ -25,11 +25,11 @@ def read(tree: Tree) -> Sections:
     return Sections(tree)
 
 
-def audit(sections: Sections, network: Network) -> tuple[Outcome, bool]:
-    """The findings and fixes, and whether chan_sip is behind NAT."""
+def audit(sections: Sections, network: Network) -> tuple[Outcome, int | None]:
+    """The findings and fixes, and chan_sip's SIP port (UDP) when it is behind NAT."""
     general = [s for s in sections.tree.find_sections("general") if not s.template]
     if not general:
-        return Outcome(), False
+        return Outcome(), None
     first = next(s for s in general if not s.append)
     extern = [v for key in EXTERN if (v := sections.value(first, key)) and v.text]
     bind = sections.value(first, "udpbindaddr") or sections.value(first, "bindaddr")
@@ -37,7 +37,7 @@ def audit(sections: Sections, network: Network) -> tuple[Outcome, bool]:
     if not extern:
         public = network.public.get("ipv4")
         if not (address and public and address != public and is_private(address, network.accept)):
-            return Outcome(), False  # not behind NAT, as far as can be seen
+            return Outcome(), None  # not behind NAT, as far as can be seen
         return Outcome(
             (
                 Finding(
@@ -53,9 +53,9 @@ def audit(sections: Sections, network: Network) -> tuple[Outcome, bool]:
                     " that ipwatch keeps it right",
                 ),
             )
-        ), True
+        ), bind_port(bind.text if bind else None, "udp")
     found = _localnet(sections, first, extern[0], address, network) + _nat(sections, first)
-    return found + _qualify(sections, first), True
+    return found + _qualify(sections, first), bind_port(bind.text if bind else None, "udp")
 
 
 def _localnet(

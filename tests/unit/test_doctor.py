@@ -72,7 +72,7 @@ def copy_case(case: str, tmp_path: Path) -> Path:
     return Path(shutil.copytree(CORPUS / case, tmp_path / case, ignore=ignore))
 
 
-def doctor(directory: Path, kind: str, known: network.Network) -> Report:
+def files_of(directory: Path, kind: str) -> gather.Files:
     top = directory / ("sip.conf" if kind == "chan_sip" else "pjsip.conf")
     config = parse(
         {
@@ -80,7 +80,11 @@ def doctor(directory: Path, kind: str, known: network.Network) -> Report:
             "target": [{"kind": kind, "file": str(top)}],
         }
     )
-    return examine(gather.read_files(config), known, None, plan=True)
+    return gather.read_files(config)
+
+
+def doctor(directory: Path, kind: str, known: network.Network) -> Report:
+    return examine(files_of(directory, kind), known, None, plan=True)
 
 
 def relative(report: Report, directory: Path) -> tuple[list[dict[str, Any]], str]:
@@ -215,14 +219,7 @@ def test_cgnat_from_the_recorded_answers() -> None:
 
 def test_live_values_that_differ_from_the_files_are_findings(tmp_path: Path) -> None:
     directory = copy_case("hand-written", tmp_path)
-    config = parse(
-        {
-            "source": [{"kind": "command", "argv": ["true"]}],
-            "target": [{"kind": "pjsip", "file": str(directory / "pjsip.conf")}],
-        }
-    )
-    files = gather.read_files(config)
-    ((_, tree),) = files.trees
+    ((_, tree),) = files_of(directory, "pjsip").trees
     audit = pjsip.audit(pjsip.read(tree), pjsip.Context(BEHIND_NAT, False))
     assert live.commands(audit) == [
         "pjsip show transport transport-udp-nat",
@@ -299,35 +296,12 @@ def test_many_fixes_are_made_piece_by_piece_as_the_whole_file_would_be(tmp_path:
     )
     report = doctor(tmp_path, "pjsip", BEHIND_NAT)
     (change,) = report.changes
-    document = (
-        gather.read_files(
-            parse(
-                {
-                    "source": [{"kind": "command", "argv": ["true"]}],
-                    "target": [{"kind": "pjsip", "file": str(tmp_path / "pjsip.conf")}],
-                }
-            )
-        )
-        .trees[0][1]
-        .documents[tmp_path / "pjsip.conf"]
-    )
-    whole = fixes._edit_whole(document, list(_fixes_of(tmp_path)))
+    ((_, tree),) = files_of(tmp_path, "pjsip").trees
+    audit = pjsip.audit(pjsip.read(tree), pjsip.Context(BEHIND_NAT, False))
+    unique = {(f.file, f.section, f.key): f for f in audit.outcome.fixes}
+    whole = fixes._edit_whole(tree.documents[tmp_path / "pjsip.conf"], list(unique.values()))
     assert change.new == whole.serialise()
     assert len(change.sync) > fixes._PIECEWISE
-
-
-def _fixes_of(directory: Path) -> list[Any]:
-    from ipwatch.doctor import pjsip as checks
-
-    config = parse(
-        {
-            "source": [{"kind": "command", "argv": ["true"]}],
-            "target": [{"kind": "pjsip", "file": str(directory / "pjsip.conf")}],
-        }
-    )
-    ((_, tree),) = gather.read_files(config).trees
-    audit = checks.audit(checks.read(tree), checks.Context(BEHIND_NAT, False))
-    return list({(f.file, f.section, f.key): f for f in audit.outcome.fixes}.values())
 
 
 def test_router_mappings_to_us_elsewhere_and_none() -> None:
@@ -430,3 +404,26 @@ def test_section_values_follow_templates_as_config_c_does(
                 assert (value.text if value else None) == resolved[section.name].get(key)
     finally:
         shutil.rmtree(directory)
+
+
+@pytest.mark.parametrize(
+    ("case", "ports"),
+    [
+        ("chan_sip", [(5060, "UDP")]),
+        ("templates", [(5060, "TCP"), (5060, "UDP")]),
+        ("public", None),  # not behind NAT: the router is not asked
+    ],
+)
+def test_the_router_is_asked_about_the_sip_ports_behind_nat(
+    case: str, ports: list[tuple[int, str]] | None, tmp_path: Path
+) -> None:
+    asked: list[list[tuple[int, str]]] = []
+
+    def router(wanted: Any) -> network.RouterAnswer:
+        asked.append(list(wanted))
+        return network.RouterAnswer("upnp-1", "192.168.1.10")
+
+    kind, known = CASES[case]
+    directory = copy_case(case, tmp_path)
+    examine(files_of(directory, kind), known, None, router)
+    assert asked == ([ports] if ports else [])
