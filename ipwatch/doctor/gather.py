@@ -1,9 +1,12 @@
 """The I/O of `doctor`: the targets' files, dnsmgr.conf and rtp.conf, what is known of the public
-address, the host's routes, and a running Asterisk. Everything else in the package is pure.
+address, the host's routes, a running Asterisk and the router. Everything else is pure.
 
-The public address comes from the state file, as the last `check` or daemon round confirmed it
-(with decide.py's NAT hint and each source's last answer). Only without a state file are the
-sources asked, once, as `ipwatch sources` does; doctor never writes the state.
+The public address comes from the state file, as the last `check` or daemon round confirmed it,
+and so does what `cgnat` is judged on: decide.py's NAT hint and each source's last answer (a
+router with no public address, a carrier-grade NAT address). Asking the sources again would
+cost seconds and tell nothing newer than the daemon's last round; only without a confirmed
+address in the state file are they asked, once, as `ipwatch sources` does. Doctor never writes
+the state.
 """
 
 from __future__ import annotations
