@@ -344,14 +344,17 @@ class Daemon:
     def back_off(self, asterisk: Mapping[str, Any]) -> None:
         """Ask an unreachable Asterisk less often the longer it stays away (down for hours must
         not fill the journal); a reload that Asterisk took but does not show is a problem."""
-        if asterisk.get("action") == "pending":
+        failed = bool(asterisk.get("error")) and not asterisk.get("rolled_back")
+        if asterisk.get("action") == "pending" or failed:
+            # A reload that Asterisk took but does not show would be repeated every round too
+            # (or a drain and a restart, on versions that need one): back off the same way.
             self.asterisk_retry.postpone(time.monotonic(), self.config.interval)
+            if failed and asterisk.get("action") != "pending":
+                self.rejection = str(asterisk["error"])
             return
         self.asterisk_retry.clear()
         if asterisk.get("verified"):
             self.rejection = None
-        elif asterisk.get("error") and not asterisk.get("rolled_back"):
-            self.rejection = str(asterisk["error"])
 
     def check_files(self) -> None:
         """After file events: reload a changed config, reconcile changed targets.

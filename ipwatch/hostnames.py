@@ -25,6 +25,7 @@ from ipwatch.addresses import Family
 from ipwatch.asterisk import control
 from ipwatch.asterisk.link import AsteriskError, Link
 from ipwatch.asterisk.targets import HostName, TargetPlan
+from ipwatch.state import timestamp
 
 Resolve = Callable[[str, Family], frozenset[str]]
 POLL_SECONDS = 0.5
@@ -109,24 +110,33 @@ def wait(
 
 
 def refresh(link: Link, want: Wanted) -> str:
-    """Make Asterisk resolve a PJSIP name again now; return the command that did it.
+    """Make Asterisk resolve a PJSIP name again now; return what did it.
 
     dnsmgr's state is asked, not assumed: `dnsmgr refresh` on a disabled dnsmgr does nothing,
-    and a reload of an unchanged pjsip.conf does nothing either (its mtime must move).
+    and a reload of an unchanged pjsip.conf does nothing either (its mtime must move). PJSIP
+    before 16.18 / 18.4 re-reads on a reload but keeps the old addresses: only a restart helps.
     """
-    status = link.command("dnsmgr status", control.COMMAND_TIMEOUT)
-    if "enabled" in status.lower() and "disabled" not in status.lower():
+    status = link.command("dnsmgr status", control.COMMAND_TIMEOUT).lower()
+    if "enabled" in status and "disabled" not in status:
         command = f"dnsmgr refresh {want.host.name}"
         link.command(command, control.COMMAND_TIMEOUT)
-    else:
+        link.command("pjsip send register *all", control.COMMAND_TIMEOUT)
+        return command
+    version = link.version()
+    if not control.pjsip_reload_applies(version):
+        raise AsteriskError(
+            f"Asterisk {version} resolves {want.host.name} again only when it restarts (dnsmgr"
+            " is off); restart it, or enable dnsmgr in dnsmgr.conf"
+        )
+    try:
         os.utime(want.host.file)
-        command = "module reload res_pjsip.so"
-        output = link.command(command, control.COMMAND_TIMEOUT)
-        if "reloaded successfully" not in output:
-            raise AsteriskError(f"Asterisk did not reload res_pjsip.so: {output[:120]}")
-    # Registrars learn the new Contact only when Asterisk registers again.
-    link.command("pjsip send register *all", control.COMMAND_TIMEOUT)
-    return command
+    except OSError as error:
+        raise AsteriskError(
+            f"cannot move {want.host.file}'s mtime ({error.strerror}), which a reload needs to"
+            " resolve the name again; let ipwatch's user write it, or enable dnsmgr"
+        ) from None
+    control.reload(link, {"pjsip"})
+    return "module reload res_pjsip.so"
 
 
 def record(
@@ -149,12 +159,10 @@ def record(
         if want.address not in seen:
             since = old.get("since_seconds") if old.get("address") == want.address else None
             since = since or now
-            entry.update(since_seconds=since, since=_iso(since), warn_after=_iso(since + dns_wait))
+            entry.update(
+                since_seconds=since, since=timestamp(since), warn_after=timestamp(since + dns_wait)
+            )
         if want.by_pjsip:
             entry["refreshed"] = want.address if name in done else old.get("refreshed")
         state[name] = entry
     return state
-
-
-def _iso(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

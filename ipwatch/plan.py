@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ def make_plan(loaded: Sequence[Loaded], addresses: Mapping[Family, str]) -> Plan
     edited: dict[Path, FileChange] = {}
     for item in loaded:
         plan, documents = plan_target(item.target, item.tree, addresses, item.sorcery, item.dnsmgr)
-        plans.append(plan)
+        plans.append(replace(plan, files=tuple(str(path) for path in item.tree.documents)))
         for path, document in documents.items():
             if path in edited:
                 raise ConfFileError(

@@ -30,7 +30,7 @@ from ipwatch.asterisk.peer import AsteriskImpostor
 from ipwatch.asterisk.targets import GENERATED_SIP, TargetPlan, dnsmgr_enabled
 from ipwatch.config import AsteriskConfig, Config, TargetConfig
 from ipwatch.decide import Decision
-from ipwatch.errors import ConfigError, IpwatchError
+from ipwatch.errors import ApplyError, ConfigError, IpwatchError
 from ipwatch.files import Applied, apply_changes, backup_path, clean_stale_temp_files, restore
 from ipwatch.observe import observe
 from ipwatch.plan import Loaded, Plan, make_plan
@@ -160,6 +160,7 @@ def converge(
     outcome after (`applied` or `error`). `progress` hears about a long drain (and may raise to
     cut it short). `ask=False` skips asking Asterisk (the daemon backs off while it is down).
     """
+    started = time.time()
     addresses = confirmed(decisions)
     the_plan = plan(config, addresses)
     result = report.check_result(decisions, writer.current, the_plan)
@@ -186,21 +187,36 @@ def converge(
             announce("change", fresh)
             writer.save(_announced(writer.current, fresh))
         # The DDNS update went out with `change`: Asterisk must not resolve before it landed.
-        resolved = _wait_for_names(names, config, writer, progress)
+        # A name that did not follow in an earlier run is looked up once, not waited for again.
+        waits = any(w.host.family in fresh for w in names)
+        resolved = _wait_for_names(names, config, writer, progress, waits)
         result["asterisk"] = _write_and_tell(the_plan, asterisk, result, writer, progress)
         refreshed = _refresh_names(asterisk, names, resolved, writer) if asterisk else []
         if result["asterisk"] is not None:
             _announce_outcome(announce, result["asterisk"], decisions)
     else:
-        resolved = {
-            w.host.name: hostnames.system_resolve(w.host.name, w.host.family) for w in names
-        }
+        resolved = _resolve(names)
         refreshed = []
-    if names:
-        _judge_names(result, names, resolved, refreshed, writer, config, waited=write)
-    if asterisk is not None:
-        writer.save({**writer.current, "asterisk": _running_state(writer.current, result, config)})
+    if asterisk is None:
+        if config.asterisk.control == "none" or not the_plan.targets:
+            # Nothing to say about Asterisk any more: an old verdict must not linger in status.
+            writer.save({k: v for k, v in writer.current.items() if k not in ("asterisk", "names")})
+        return result
+    _judge_names(result, names, resolved, refreshed, writer, config, started, waited=write)
+    entry = _running_state(writer.current, result, config, addresses)
+    writer.save({**writer.current, "asterisk": entry})
     return result
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _resolve(names: Sequence[hostnames.Wanted]) -> dict[str, frozenset[str]]:
+    return {w.host.name: hostnames.system_resolve(w.host.name, w.host.family) for w in names}
 
 
 def _wait_for_names(
@@ -208,9 +224,10 @@ def _wait_for_names(
     config: Config,
     writer: StateWriter,
     progress: control.Progress | None,
+    waits: bool,
 ) -> dict[str, frozenset[str]]:
-    if not names:
-        return {}
+    if not names or not waits:
+        return _resolve(names)
     show = _progress_saver(writer, progress, "dns")
     resolved = hostnames.wait(names, hostnames.system_resolve, config.dns_wait, show)
     pending = writer.current.get("pending") or []
@@ -235,7 +252,7 @@ def _refresh_names(
         and w.address in resolved.get(w.host.name, frozenset())
         and (before.get(w.host.name) or {}).get("refreshed") != w.address
     ]
-    if not due:
+    if not due or not asterisk.ask:
         return []
     done: list[str] = []
     try:
@@ -261,12 +278,17 @@ def _judge_names(
     refreshed: Sequence[str],
     writer: StateWriter,
     config: Config,
+    started: float,
     *,
     waited: bool,
 ) -> None:
+    """Record each name (an empty record once there are none) and judge it; a disagreement
+    counts from when this run began, so a wait that ran out is already dns_wait old."""
     before = writer.current.get("names") or {}
-    state = hostnames.record(before, names, resolved, refreshed, time.time(), config.dns_wait)
+    state = hostnames.record(before, names, resolved, refreshed, started, config.dns_wait)
     writer.save({**writer.current, "names": state})
+    if not names:
+        return
     problems = hostnames.judge(names, resolved, state)
     result["names"] = {"problems": problems, "waited": waited}
     if problems:
@@ -295,11 +317,15 @@ def _write_and_tell(
                 writer.save({**writer.current, "pending": []})
                 return {"action": "none", "verified": True}
             return None
+        if not asterisk.acts:
+            return None  # apply = "none": reported (exit 1), left to the admin or a hook
         # The files are right and Asterisk runs something else: tell it, nothing to roll back.
         outcome = asterisk.tell(None, _progress_saver(writer, progress))
-        result["in_sync"] = bool(outcome.get("verified"))
+        result["in_sync"] = _took(outcome)
         writer.save({**writer.current, "pending": _pending(outcome, the_plan)})
         return outcome
+    if asterisk is not None and not asterisk.acts:
+        asterisk = None  # apply = "none": the files only
     refused = asterisk.preflight() if asterisk is not None else None
     if refused is not None:
         log.error("asterisk: %s", refused)
@@ -353,36 +379,50 @@ def _announced(state: state_file.State, fresh: Mapping[Family, Decision]) -> sta
     return {**state, "families": families}
 
 
+def _took(outcome: Mapping[str, Any]) -> bool:
+    """Asterisk was told and took it: verified, or told with `verify = false`."""
+    told = outcome.get("action") in ("reload", "restart")
+    return bool(outcome.get("verified")) or (told and not outcome.get("error"))
+
+
 def _running_state(
-    state: state_file.State, result: Mapping[str, Any], config: Config
+    state: state_file.State,
+    result: Mapping[str, Any],
+    config: Config,
+    addresses: Mapping[Family, str] | None = None,
 ) -> dict[str, Any]:
-    """What `ipwatch status` needs to know of Asterisk: in sync, behind (since when, and when
-    that turns critical), or unknown because it could not be asked."""
+    """What `ipwatch status` needs to know of Asterisk: in sync (on which addresses), behind
+    (since when, and when that turns critical), or unknown because it could not be asked."""
     before = state.get("asterisk") or {}
     outcome = result.get("asterisk") or {}
     running = result.get("running") or {}
     now = time.time()
-    if outcome.get("verified") or (running.get("in_sync") and not outcome.get("error")):
-        return {"in_sync": True, "checked": _iso(now)}
+    if _took(outcome) or (running.get("in_sync") and not outcome.get("error")):
+        return {
+            "in_sync": True,
+            "addresses": dict(addresses or {}),
+            "checked": state_file.timestamp(now),
+        }
     problems = running.get("problems") or []
     error = outcome.get("error") or running.get("error")
     if outcome.get("action") == "pending" or (not problems and not outcome.get("error")):
         since = before.get("since") if before.get("in_sync") is None else None
-        return {"in_sync": None, "error": error, "since": since or _iso(now), "checked": _iso(now)}
+        return {
+            "in_sync": None,
+            "error": error,
+            "since": since or state_file.timestamp(now),
+            "checked": state_file.timestamp(now),
+        }
     started = before.get("started") if before.get("in_sync") is False else None
     started = started or now
     return {
         "in_sync": False,
         "problems": problems or [error],
-        "since": _iso(started),
+        "since": state_file.timestamp(started),
         "started": started,
-        "critical_after": _iso(started + config.asterisk.drain + CRITICAL_MARGIN),
-        "checked": _iso(now),
+        "critical_after": state_file.timestamp(started + config.asterisk.drain + CRITICAL_MARGIN),
+        "checked": state_file.timestamp(now),
     }
-
-
-def _iso(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def _announce_outcome(
@@ -390,7 +430,7 @@ def _announce_outcome(
 ) -> None:
     if asterisk.get("rolled_back"):
         announce("error", decisions, asterisk.get("error"))
-    elif asterisk.get("verified") or asterisk["action"] == "none":
+    elif _took(asterisk) or (asterisk["action"] == "none" and not asterisk.get("error")):
         announce("applied", decisions)
 
 
@@ -409,7 +449,7 @@ class Asterisk:
         """None when ipwatch does not talk to Asterisk; a missing secret is a ConfigError now,
         before anything is written."""
         settings = config.asterisk
-        if settings.control == "none" or settings.apply == "none" or not targets:
+        if settings.control == "none" or not targets:
             return None
         secret = ami_secret(settings.ami.secret_file) if settings.control == "ami" else None
         return cls(settings, secret, tuple(targets), ask)
@@ -422,6 +462,11 @@ class Asterisk:
         if not self.ask:
             raise AsteriskUnavailable("Asterisk was unreachable; asked again later")
         return open_link(self.settings, self.secret)
+
+    @property
+    def acts(self) -> bool:
+        """Whether ipwatch reloads or restarts Asterisk (apply is not "none"); it asks anyway."""
+        return self.settings.apply != "none"
 
     def live(self, link: Link) -> Asterisk:
         """These targets less those whose module this Asterisk has not loaded."""
@@ -442,16 +487,34 @@ class Asterisk:
         try:
             link = self.connect()
             try:
+                live = self.live(link)
                 problems = [
                     problem
-                    for kind, values in self.live(link).expected().items()
+                    for kind, values in live.expected().items()
                     for problem in control.mismatches(link, kind, values)
                 ]
+                problems += live.unrestarted(link) if not problems else []
             finally:
                 link.close()
         except AsteriskError as error:
             return {"in_sync": None, "problems": [], "error": f"cannot ask Asterisk: {error}"}
         return {"in_sync": not problems, "problems": problems, "error": None}
+
+    def unrestarted(self, link: Link) -> list[str]:
+        """PJSIP before 16.18 / 18.4 shows new external_* values after any reload but uses them
+        only after a restart: there, the values shown are believed only if Asterisk started
+        after the files last changed."""
+        version = link.version()
+        if "pjsip" not in self.kinds or control.pjsip_reload_applies(version):
+            return []
+        files = [f for t in self.targets if t.kind == "pjsip" for f in t.files]
+        newest = max(files, key=_mtime, default=None)
+        if newest is None or _mtime(newest) <= control.started_at(link):
+            return []
+        return [
+            f"Asterisk {version} shows the files' values but uses them only after a restart, and"
+            f" it has not restarted since {Path(newest).name} changed"
+        ]
 
     def preflight(self) -> str | None:
         """Why telling Asterisk would fail after the write (a refused login, a missing
@@ -479,10 +542,15 @@ class Asterisk:
         """
         try:
             link = self.connect()
+        except AsteriskError as error:
+            log.error("asterisk: %s; the reload stays pending", error)
+            return {"action": "pending", "verified": False, "error": str(error)}
+        try:
             live = self.live(link)
             teller = _Teller(self.connect, live.kinds, self.settings.drain, progress)
             action = control.choose_action(self.settings.apply, link.version(), teller.kinds)
         except AsteriskError as error:
+            link.close()
             log.error("asterisk: %s; the reload stays pending", error)
             return {"action": "pending", "verified": False, "error": str(error)}
         try:
@@ -495,9 +563,12 @@ class Asterisk:
                 reason = f"Asterisk does not show the new address ({error})"
                 log.error("asterisk: %s", reason)
                 return {"action": action, "verified": False, "error": reason}
-            restore(applied)
-            teller.again(action, _old_values(live.targets))
             reason = f"Asterisk did not take the new address ({error}); the files were rolled back"
+            try:
+                restore(applied)
+            except ApplyError as failed:  # a file rewritten meanwhile: Asterisk is told anyway
+                reason = f"Asterisk did not take the new address ({error}); {failed}"
+            teller.again(action, _old_values(live.targets))
             log.error("asterisk: %s", reason)
             return {"action": action, "verified": False, "rolled_back": True, "error": reason}
         finally:
@@ -518,6 +589,8 @@ class _Teller:
     progress: control.Progress
 
     def act(self, link: Link, action: str) -> Link:
+        if action == "none":
+            return link
         if action == "reload":
             control.reload(link, self.kinds)
             return link

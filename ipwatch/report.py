@@ -43,8 +43,10 @@ def format_plan(result: Mapping[str, Any]) -> str:
         lines.append(f"# asterisk: {running['error']}; whether it runs the address is unknown")
     if result["diff"]:
         return "\n".join(lines) + ("\n" if lines else "") + str(result["diff"])
-    if running.get("problems") or names_failed(result):
+    if running.get("problems"):
         lines.append("# the files are right; `ipwatch check --apply` makes Asterisk take them")
+    elif names_failed(result):
+        lines.append("# the files are right; Asterisk follows once the names resolve (see above)")
     elif not running.get("error"):
         lines.append("# in sync: nothing to change")
     return "\n".join(lines) + "\n"
@@ -55,7 +57,8 @@ def names_failed(result: Mapping[str, Any]) -> bool:
 
 
 def check_exit_status(result: Mapping[str, Any]) -> int:
-    """SPEC.md: 0 in sync, 1 drift not applied, 2 no confirmed address."""
+    """SPEC.md: 0 in sync, 1 drift not applied, 2 no confirmed address, 3 apply or verify
+    failed, the reload pending, or Asterisk refused ipwatch or could not be asked."""
     families = [result[f] for f in FAMILIES if result.get(f) is not None]
     if not families or not all(f["confirmed"] for f in families):
         return 2

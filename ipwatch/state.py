@@ -83,7 +83,7 @@ def save_if_changed(state_dir: Path, state: State, saved: State | None) -> bool:
     # Imported here so that `ipwatch status`, which never saves, does not pay for it.
     from ipwatch.files import write_in_state_directory
 
-    stamped = dict(state, updated=_timestamp(time.time()))
+    stamped = dict(state, updated=timestamp(time.time()))
     text = json.dumps(stamped, indent=2, sort_keys=True) + "\n"
     try:
         write_in_state_directory(state_dir, FILE_NAME, text.encode(), mode=0o640)
@@ -100,9 +100,9 @@ def record_round(state: State, family: str, summary: dict[str, Any], now: float)
     updated = copy.deepcopy(state)
     families = updated.setdefault("families", {})
     before = families.get(family) or {}
-    entry = dict(summary, checked=_timestamp(now))
+    entry = dict(summary, checked=timestamp(now))
     changed = entry.get("address") != before.get("address")
-    entry["since"] = _timestamp(now) if changed else before.get("since")
+    entry["since"] = timestamp(now) if changed else before.get("since")
     if "announced" in before:  # the address ipwatch last acted on; only an apply moves it
         entry["announced"] = before["announced"]
     families[family] = entry
@@ -111,7 +111,7 @@ def record_round(state: State, family: str, summary: dict[str, Any], now: float)
             "family": family,
             "old": before.get("address"),
             "new": entry["address"],
-            "at": _timestamp(now),
+            "at": timestamp(now),
         }
         updated["changes"] = [*updated.get("changes", []), change][-KEPT_CHANGES:]
     return updated
@@ -130,5 +130,6 @@ def _meaningful(value: Any) -> Any:
     return value
 
 
-def _timestamp(seconds: float) -> str:
+def timestamp(seconds: float) -> str:
+    """A time as the state file writes it (UTC, to the second)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

@@ -55,7 +55,7 @@ def _evaluate(state: dict[str, Any] | None, state_dir: str) -> dict[str, Any]:
         )
         for owed in state.get("retry_hooks") or []
     ]
-    problems += _asterisk_problems(state.get("asterisk"), time.time())
+    problems += _asterisk_problems(state.get("asterisk"), families, time.time())
     problems += [
         (WARNING, f"dns: {text}") for text in _name_problems(state.get("names"), time.time())
     ]
@@ -103,10 +103,25 @@ def _family_problems(family: str, entry: dict[str, Any]) -> list[tuple[int, str]
     return problems
 
 
-def _asterisk_problems(asterisk: Any, now: float) -> list[tuple[int, str]]:
-    """Never OK on the strength of the files alone: Asterisk behind them, or not asked."""
-    if not isinstance(asterisk, dict) or asterisk.get("in_sync") is True:
+def _asterisk_problems(
+    asterisk: Any, families: dict[str, Any], now: float
+) -> list[tuple[int, str]]:
+    """Never OK on the strength of the files alone: Asterisk behind them, not asked, or last
+    seen right on addresses other than the confirmed ones (a run that failed before it could
+    tell Asterisk, such as a file that could not be written)."""
+    if not isinstance(asterisk, dict):
         return []
+    if asterisk.get("in_sync") is True:
+        seen = asterisk.get("addresses") or {}
+        return [
+            (
+                WARNING,
+                f"asterisk: last seen running {seen[family]}, but {entry['address']} is"
+                " confirmed and not in place yet; see `ipwatch check`",
+            )
+            for family, entry in families.items()
+            if family in seen and entry and entry.get("address") not in (None, seen[family])
+        ]
     if asterisk.get("in_sync") is None:
         return [(WARNING, f"asterisk: {asterisk.get('error')} (since {asterisk.get('since')})")]
     overdue = _seconds_since(asterisk.get("critical_after"), now)

@@ -70,11 +70,20 @@ def active_calls(link: Link) -> int:
 def module_loaded(link: Link, module: str) -> bool:
     """Whether Asterisk runs `module` (e.g. "chan_sip.so"), from `module show like`."""
     output = link.command(f"module show like {module}", COMMAND_TIMEOUT)
-    # A module that declined to load (chan_sip without sip.conf) is listed "Not Running".
+    # A module that declined to load (chan_sip without sip.conf) is listed "Not Running";
+    # Asterisk 12 and older have no status column at all.
     return any(
-        line.split()[:1] == [module] and re.search(r"(?<!Not )\bRunning\b", line) is not None
-        for line in output.splitlines()
+        line.split()[:1] == [module] and "Not Running" not in line for line in output.splitlines()
     )
+
+
+def started_at(link: Link) -> float:
+    """When Asterisk last started (or restarted), as a time.time() value."""
+    output = link.command("core show uptime seconds", COMMAND_TIMEOUT)
+    match = re.search(r"^System uptime:\s*(\d+)", output, re.MULTILINE)
+    if match is None:
+        raise AsteriskError(f"unexpected answer to `core show uptime seconds`: {output[:80]!r}")
+    return time.time() - int(match.group(1))
 
 
 def reload(link: Link, kinds: set[str]) -> None:

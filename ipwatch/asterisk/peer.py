@@ -15,7 +15,7 @@ import pwd
 import socket
 import struct
 
-from ipwatch.asterisk.link import AsteriskError
+from ipwatch.asterisk.link import AsteriskDropped, AsteriskError
 
 _PROC_TABLES = {socket.AF_INET: "/proc/net/tcp", socket.AF_INET6: "/proc/net/tcp6"}
 
@@ -38,7 +38,10 @@ def check_tcp(sock: socket.socket, user: str, where: str) -> None:
     A peer this machine cannot see (another host: `allow_remote_ami`) cannot be judged and is
     let through; the config already had to allow it explicitly.
     """
-    peer = sock.getpeername()
+    try:
+        peer = sock.getpeername()
+    except OSError:  # reset at once: Asterisk going down, or something that hung up
+        raise AsteriskDropped(f"{where} closed the connection as soon as it was made") from None
     if not ipaddress.ip_address(peer[0].split("%")[0]).is_loopback:
         return
     owner = _tcp_owner(sock)

@@ -69,6 +69,7 @@ class TargetPlan:
     # chan_sip's files behind on PJSIP-only systems), it is neither reloaded nor verified.
     module: str | None = None
     names: tuple[HostName, ...] = ()
+    files: tuple[str, ...] = ()  # every file of its tree, as read
 
     @property
     def in_sync(self) -> bool:
@@ -750,9 +751,11 @@ def _insert_before_sections(document: Document, key: str, value: str) -> tuple[D
     headers = document.sections
     text = document.text
     if headers:
-        lines = text.splitlines(keepends=True)
+        # A byte order mark stays first: config.c skips it only there.
+        bom = "\ufeff" if text.startswith("\ufeff") else ""
+        lines = text[len(bom) :].splitlines(keepends=True)
         at = headers[0].line - 1
-        edited_text = "".join([*lines[:at], line_text + newline, *lines[at:]])
+        edited_text = bom + "".join([*lines[:at], line_text + newline, *lines[at:]])
         line = at + 1
     else:
         if text and not text.endswith("\n"):
@@ -760,6 +763,11 @@ def _insert_before_sections(document: Document, key: str, value: str) -> tuple[D
         edited_text = text + line_text + newline
         line = edited_text.count("\n")
     edited = Document.parse(edited_text, document.path)
-    if not any(o.line == line and o.section is None and o.value == value for o in edited.find(key)):
+    same_sections = [(h.name, h.line + 1) for h in headers] == [
+        (h.name, h.line) for h in edited.sections
+    ]
+    if not same_sections or not any(
+        o.line == line and o.section is None and o.value == value for o in edited.find(key)
+    ):
         raise ConfFileError(f"{document.path}: {key} cannot be added safely; add it by hand")
     return edited, line
