@@ -323,3 +323,33 @@ def test_a_config_reload_starts_the_channels_anew(start_pbx: StartPbx) -> None:
     assert "config reloaded" in pbx.daemon_log()
     assert change_and_time(pbx, NEW, PUSHED_WITHIN) < PUSHED_WITHIN
     assert pbx.push_status("natpmp-1")["state"] == "listening"
+
+
+SQUATTER = """
+import signal, socket
+s = socket.socket()
+s.bind(("0.0.0.0", 28771))
+s.listen()
+print("listening", flush=True)
+signal.pause()
+"""
+
+
+def test_a_channel_that_keeps_failing_is_a_warning_and_polling_goes_on(
+    start_pbx: StartPbx,
+) -> None:
+    def take_the_event_port(lab: Lab) -> None:
+        lab.spawn("lan", "squatter", [sys.executable, "-c", SQUATTER])
+        wait_until(lambda: "listening" in lab.log("squatter"), 10, "the port to be taken")
+
+    pbx = start_pbx(push=("upnp",), interval="2s", before_daemon=take_the_event_port)
+    # Failures after 0, 1 and 2 more seconds (the pause doubles): the third one counts.
+    failing = wait_channel(pbx, "upnp-1", "failing", timeout=15)
+    assert failing["failures"] >= 3 and "28771" in failing["last_error"]
+
+    code, report, text = pbx.status()
+    assert code == 1, text
+    assert any(p.startswith("push upnp-1 (upnp) failing") for p in report["problems"])
+    assert "WARNING push upnp-1: cannot listen on TCP port 28771" in pbx.daemon_log()
+    assert pbx.daemon is not None and pbx.daemon.poll() is None
+    change_and_time(pbx, NEW, 2.2 + 0.33 + 3)  # polling still finds it
