@@ -78,12 +78,16 @@ def module_loaded(link: Link, module: str) -> bool:
 
 
 def started_at(link: Link) -> float:
-    """When Asterisk last started (or restarted), as a time.time() value."""
+    """The earliest Asterisk may have last started (or restarted), as a time.time() value.
+
+    The uptime is in whole seconds, so the start may lie up to a second earlier than now minus
+    the uptime: counting from that earlier moment, a file changed just after the start is never
+    taken for one Asterisk read at its start."""
     output = link.command("core show uptime seconds", COMMAND_TIMEOUT)
     match = re.search(r"^System uptime:\s*(\d+)", output, re.MULTILINE)
     if match is None:
         raise AsteriskError(f"unexpected answer to `core show uptime seconds`: {output[:80]!r}")
-    return time.time() - int(match.group(1))
+    return time.time() - int(match.group(1)) - 1
 
 
 def reload(link: Link, kinds: set[str]) -> None:

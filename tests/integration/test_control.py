@@ -213,3 +213,28 @@ def test_a_dropped_connection_during_the_reload_rolls_back(
     assert shown(server, "external_media_address") == OLD
     # the fault stays on, so telling Asterisk again after the roll-back fails too, and says so
     assert "asterisk: after rolling back the files: " in stderr
+
+
+def test_old_pjsip_is_believed_only_once_it_restarted(
+    tmp_path: Path, stand_in_factory: Factory
+) -> None:
+    """16.10 shows new external_* values after any reload but keeps using the old ones."""
+    from ipwatch.asterisk.console import ConsoleLink
+
+    # A real restart takes seconds; the uptime Asterisk reports is in whole seconds.
+    server = stand_in_factory(files={"pjsip.conf": PJSIP}, version="16.10.0", restart_downtime=1.5)
+    config = write_config(tmp_path, server)
+    pjsip = server.config_dir / "pjsip.conf"
+    pjsip.write_text(pjsip.read_text().replace(OLD, NEW))  # a restart was pending, say
+    ConsoleLink(str(server.console_path)).command("module reload res_pjsip.so", 5)
+    assert shown(server, "external_media_address") == NEW  # shown, not used
+    checked = run_ipwatch("check", config=config, state_dir=tmp_path / "state")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert "uses them only after a restart, and it has not restarted since pjsip.conf" in (
+        checked.stdout
+    )
+    status, result, stderr = apply(tmp_path, config)
+    assert status == 0, stderr
+    assert result["asterisk"] == {"action": "restart", "verified": True}
+    assert server.restart_count == 1
+    assert run_ipwatch("check", config=config, state_dir=tmp_path / "state").returncode == 0

@@ -19,7 +19,7 @@ from tests.peers.real_asterisk import (
     ipwatch_config,
     nat_transport,
 )
-from tests.support import ipwatch_daemon, run_ipwatch, wait_until
+from tests.support import ipwatch_daemon, need, run_ipwatch, wait_until
 
 pytestmark = pytest.mark.integration
 TRANSPORT = "transport-udp-nat"
@@ -198,3 +198,57 @@ def test_the_daemon_puts_a_behind_asterisk_right(
     pjsip.write_text(right)
     assert runs(pbx) == OLD_ADDRESS
     wait_until(lambda: runs(pbx) == NEW_ADDRESS, 15, "the daemon to reload Asterisk")
+
+
+def test_a_run_that_fails_before_telling_asterisk_leaves_status_warning(
+    tmp_path: Path, pbx: RealAsterisk
+) -> None:
+    unshare = need("unshare", "util-linux")
+    need("mount", "mount")
+    answer = tmp_path / "answer"
+    answer.write_text(NEW_ADDRESS + "\n")
+    config = configure(tmp_path, pbx)
+    config.write_text(config.read_text().replace(f'"echo", "{NEW_ADDRESS}"', f'"cat", "{answer}"'))
+    assert ipwatch(tmp_path, config, "check", "--apply").returncode == 0
+    assert status(tmp_path).returncode == 0
+    answer.write_text("198.51.100.9\n")
+    # Asterisk's directory read-only for this run only (EROFS); the state directory writable.
+    read_only = 'mount --bind -o ro "$0" "$0" && exec "$@"'
+    failed = run_ipwatch(
+        "check",
+        "--apply",
+        config=config,
+        state_dir=tmp_path / "state",
+        wrapper=[unshare, "--mount", "--", "sh", "-c", read_only, str(pbx.config_dir)],
+    )
+    assert failed.returncode == 3, failed.stderr
+    assert runs(pbx) == NEW_ADDRESS
+    told = status(tmp_path)
+    assert told.returncode == 1, told.stdout
+    assert f"last seen running {NEW_ADDRESS}, but 198.51.100.9 is confirmed" in told.stdout
+
+
+def test_apply_none_still_asks_asterisk(tmp_path: Path, pbx: RealAsterisk) -> None:
+    quiet = configure(tmp_path, pbx, control="none")
+    assert ipwatch(tmp_path, quiet, "check", "--apply").returncode == 0  # files only
+    config = configure(tmp_path, pbx, apply="none")
+    checked = ipwatch(tmp_path, config, "check")
+    assert checked.returncode == 1 and f"Asterisk still runs {OLD_ADDRESS}" in checked.stdout
+    assert status(tmp_path).returncode == 1
+    applied = ipwatch(tmp_path, config, "check", "--apply")
+    assert applied.returncode == 1  # apply = "none": reported, not acted on
+    assert runs(pbx) == OLD_ADDRESS
+
+
+def test_a_refused_login_raises_no_applied_event(tmp_path: Path, pbx: RealAsterisk) -> None:
+    config = configure(tmp_path, pbx)
+    hooks = tmp_path / "hooks.d"
+    hooks.mkdir()
+    hook = hooks / "10-record"
+    hook.write_text(f'#!/bin/sh\necho "$1" >> "{tmp_path / "events"}"\n')
+    hook.chmod(0o755)
+    with config.open("a") as file:
+        file.write(f'[hooks]\ndir = "{hooks}"\n')
+    (tmp_path / "ami.secret").write_text("not-the-secret\n")
+    assert ipwatch(tmp_path, config, "check", "--apply").returncode == 3
+    assert (tmp_path / "events").read_text().split() == ["change"]
