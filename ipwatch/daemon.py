@@ -41,7 +41,7 @@ from ipwatch.health import AsteriskRetry, Liveness, QuorumWatch
 from ipwatch.instance import InstanceLock
 from ipwatch.notify import Notifier, watchdog_interval
 from ipwatch.observe import observe
-from ipwatch.pushes import Debounce, Pushes
+from ipwatch.pushes import Pushes
 from ipwatch.reading import Unfit, read_regular_file
 from ipwatch.watch import FileWatcher
 
@@ -84,9 +84,7 @@ class Daemon:
         self.config_problem: str | None = None
         self.quorum = QuorumWatch()
         self.pushes = Pushes()
-        self.debounce = Debounce()
         self.liveness = Liveness()
-        self.last_heartbeat = 0.0
         self.watcher = FileWatcher(self.file_changed)
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -215,7 +213,7 @@ class Daemon:
             self.add_job(self.record_pushes, "date", run_date=_now())
         if not news.hints:
             return
-        delay = self.debounce.delay(time.monotonic(), self.config.fast_confirm)
+        delay = self.pushes.debounce.delay(time.monotonic(), self.config.fast_confirm)
         more = f" (and {news.hints - 1} more)" if news.hints > 1 else ""
         if delay is None:
             log.debug("push: %s%s; a round is already coming", news.reason, more)
@@ -229,13 +227,7 @@ class Daemon:
     def record_pushes(self) -> None:
         """The push channels' status, in the state file for `ipwatch status`."""
         with self.step("push-status"):
-            self.writer.save(self.with_pushes(self.writer.current))
-
-    def with_pushes(self, state: dict[str, Any]) -> dict[str, Any]:
-        channels = self.pushes.snapshot()
-        if channels:
-            return {**state, "push": channels}
-        return {key: value for key, value in state.items() if key != "push"}
+            self.writer.save(self.pushes.recorded(self.writer.current))
 
     def ping_watchdog(self) -> None:
         """Ping unless a step has shown no progress for longer than systemd allows."""
@@ -283,7 +275,7 @@ class Daemon:
             decisions = self.observe_and_decide()
             self.decisions = {f: _settled(d) for f, d in decisions.items()}
             state = reconcile.record(self.writer.current, decisions, time.time())
-            self.writer.save(self.with_pushes(state))
+            self.writer.save(self.pushes.recorded(state))
             self.announce_health(decisions)
             self.announce.retry_hooks()
             self.announce.update_ddns()
@@ -481,9 +473,7 @@ class Daemon:
         return "; ".join(parts) or "starting"
 
     def heartbeat(self) -> None:
-        now = time.monotonic()
-        if now - self.last_heartbeat >= HEARTBEAT_SECONDS:
-            self.last_heartbeat = now
+        if self.liveness.heartbeat_due(time.monotonic(), HEARTBEAT_SECONDS):
             self.record_daemon(running=True)
 
     def record_daemon(self, *, running: bool, started: bool = False) -> None:

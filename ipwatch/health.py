@@ -59,11 +59,13 @@ class AsteriskRetry:
 
 class Liveness:
     """Whether the step under way (a round, a hook, an Asterisk command) still makes progress:
-    the watchdog ping stops when it has not for longer than systemd allows."""
+    the watchdog ping stops when it has not for longer than systemd allows; and when the state
+    file is due to say "still alive" again."""
 
     def __init__(self) -> None:
         self.busy_since: float | None = None
         self.last_progress = 0.0
+        self.last_heartbeat = float("-inf")
 
     def begin(self, now: float) -> None:
         self.busy_since = self.last_progress = now
@@ -81,3 +83,10 @@ class Liveness:
         if self.busy_since is None or quiet < allowed:
             return None
         return quiet
+
+    def heartbeat_due(self, now: float, every: float) -> bool:
+        """True (and counted as done) when the last heartbeat is `every` seconds old or more."""
+        if now - self.last_heartbeat < every:
+            return False
+        self.last_heartbeat = now
+        return True

@@ -47,6 +47,7 @@ class Pushes:
         self._reason: str | None = None
         self._status_changed = False
         self._signalled = False
+        self.debounce = Debounce()  # spaces the rounds the hints start
 
     def fileno(self) -> int:
         return self._reader.fileno()
@@ -83,6 +84,13 @@ class Pushes:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Each channel's status, by source name, for the state file."""
         return {channel.name: channel.status().as_dict() for channel in self.channels}
+
+    def recorded(self, state: dict[str, Any]) -> dict[str, Any]:
+        """`state` with the channels' status as "push" (none without channels)."""
+        channels = self.snapshot()
+        if channels:
+            return {**state, "push": channels}
+        return {key: value for key, value in state.items() if key != "push"}
 
     def _hint(self, reason: str) -> None:
         with self._lock:

@@ -33,7 +33,10 @@ pytestmark = pytest.mark.integration
 OLD, NEW = PUSH_ADDRESS, "198.51.102.20"
 FORGED = "198.51.102.99"
 EVENT_PORT = 28771  # the upnp source's default event_port
-PUSHED_WITHIN = 3.0  # seconds; with interval = "1h" only a push can be this quick
+# Seconds; with interval = "1h" only a push can be this quick. A change takes about 0.5 s here
+# (make bench measures it); the margin is for a machine busy with other tests: a upnp source
+# whose worker process starts slowly fails its 1 s timeout, and rounds then last that long.
+PUSHED_WITHIN = 10.0
 REAL_ASTERISK = VERSIONS[0]
 StartPbx = Callable[..., Pbx]
 
