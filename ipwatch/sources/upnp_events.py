@@ -35,9 +35,11 @@ import ipaddress
 import re
 import secrets
 import socket
+import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ipwatch.sources import upnp
@@ -45,6 +47,7 @@ from ipwatch.sources.push import Changed, Channel, ChannelError, Hint, stamp
 
 INITIAL_WAIT = 5.0  # seconds for SEQ 0 to arrive after a subscription (miniupnpd: a few ms)
 HTTP_TIMEOUT = 5.0
+EXCHANGE_DEADLINE = 15.0  # a whole request and answer to the router
 CONNECTION_DEADLINE = 2.0  # to read one whole NOTIFY
 MAX_HEADER = 8 * 1024
 MAX_BODY = 16 * 1024  # miniupnpd's property set is ~600 bytes
@@ -312,14 +315,11 @@ def _listener(port: int) -> socket.socket:
 def _subscribe(url: str, path: str, port: int, timeout: float) -> tuple[str, int, str, str]:
     """SUBSCRIBE; return (SID, granted seconds, our address toward the router, its address)."""
     parts = urllib.parse.urlsplit(url)
-    connection = _connect(url)
-    try:
+    with _connection(url) as connection:
         local, router = connection.sock.getsockname()[0], connection.sock.getpeername()[0]
         callback = f"<http://{local}:{port}{path}>"
         headers = {"CALLBACK": callback, "NT": "upnp:event", "TIMEOUT": f"Second-{round(timeout)}"}
         response = _send(connection, "SUBSCRIBE", parts, headers)
-    finally:
-        connection.close()
     sid = response.getheader("SID") or ""
     if not sid:
         raise Invalid(f"SUBSCRIBE to {url} was answered without a SID")
@@ -332,20 +332,44 @@ def _renew(url: str, sid: str, timeout: float) -> int:
 
 
 def _request(method: str, url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
-    connection = _connect(url)
-    try:
+    with _connection(url) as connection:
         return _send(connection, method, urllib.parse.urlsplit(url), headers)
-    finally:
-        connection.close()
 
 
-def _connect(url: str) -> http.client.HTTPConnection:
+@contextlib.contextmanager
+def _connection(url: str) -> Iterator[http.client.HTTPConnection]:
+    """A connection to the router for one exchange, closed after it.
+
+    http.client's timeout bounds each read, not the exchange: a device that sends a byte every
+    few seconds would hold the channel's thread for ever. Past EXCHANGE_DEADLINE the socket is
+    shut down, which ends any read under way, and the exchange fails as a ChannelError.
+    """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise Invalid(f"{url!r} is not an http:// URL")
     connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=HTTP_TIMEOUT)
-    connection.connect()
-    return connection
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        if connection.sock is not None:
+            with contextlib.suppress(OSError):
+                connection.sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(EXCHANGE_DEADLINE, expire)
+    timer.start()
+    try:
+        connection.connect()
+        yield connection
+    except (OSError, http.client.HTTPException):
+        if expired.is_set():
+            raise ChannelError(
+                f"{url} did not finish answering within {EXCHANGE_DEADLINE:g} s"
+            ) from None
+        raise
+    finally:
+        timer.cancel()
+        connection.close()
 
 
 def _send(
@@ -369,15 +393,12 @@ def _send(
 
 def _fetch(url: str, limit: int) -> bytes:
     """GET `url`, at most `limit` bytes (a longer description is refused, not cut)."""
-    connection = _connect(url)
-    try:
+    with _connection(url) as connection:
         connection.request("GET", urllib.parse.urlsplit(url).path or "/")
         response = connection.getresponse()
         if response.status != 200:
             raise ChannelError(f"{url} answered {response.status} {response.reason}")
         data = response.read(limit + 1)
-    finally:
-        connection.close()
     if len(data) > limit:
         raise ChannelError(f"{url} is longer than {limit} bytes")
     return data

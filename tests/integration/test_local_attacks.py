@@ -7,6 +7,7 @@ never writes, reads, truncates, deletes or runs anything that user could point i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -836,3 +837,36 @@ def test_root_refuses_another_users_state_dir_before_announcing_anything(lab: Pa
     assert (etc / "pjsip.conf").read_bytes() == before
     errors = [line for line in finished.stderr.splitlines() if "owned by" in line]
     assert len(errors) == 1, finished.stderr
+
+
+def test_a_router_that_trickles_its_answer_cannot_hold_the_event_channel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A byte every 0.2 s never trips a per-read timeout; the exchange's deadline ends it."""
+    from ipwatch.sources import push, upnp_events
+
+    monkeypatch.setattr(upnp_events, "EXCHANGE_DEADLINE", 1.0)
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(4096)
+            for byte in b"HTTP/1.1 200 OK\r\n" + b"X" * 10_000:
+                if stop.wait(0.2):
+                    return
+                with contextlib.suppress(OSError):
+                    connection.sendall(bytes([byte]))
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(push.ChannelError, match=r"did not finish answering within 1 s"):
+            upnp_events._fetch(f"http://127.0.0.1:{server.getsockname()[1]}/rootDesc.xml", 65536)
+        assert time.monotonic() - began < 3.0
+    finally:
+        stop.set()
+        server.close()
+        thread.join(timeout=5)
