@@ -157,9 +157,11 @@ class SipProbe:
         return wait_until(found, timeout, f"a {method} carrying {carrying} at the probe")
 
     def close(self) -> None:
+        # The thread stops within its 0.2 s receive timeout; the socket is closed after it, so
+        # a reply under way never meets a closed descriptor.
         self._closing.set()
-        self._socket.close()
         self._thread.join(timeout=5)
+        self._socket.close()
 
 
 def carries(request: Request, address: str) -> bool:
