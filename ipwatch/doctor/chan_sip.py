@@ -92,20 +92,9 @@ def _nat(sections: Sections, general: Section) -> Outcome:
     findings: list[Finding] = []
     fixes: list[Fix] = []
     if value is None or not _nat_ok(value.text):
-        fix = Fix(general.path, general, "nat", NAT, value.source.option if value else None)
-        where = value.source.option if value else None
-        findings.append(
-            Finding(
-                "warning",
-                "chan-sip-nat",
-                where.path if where else general.path,
-                where.line if where else general.line,
-                "chan_sip [general]",
-                _NAT_MESSAGE + (f" (nat = {value.text})" if value else " (nat not set)"),
-                describe(sections.tree, fix),
-            )
+        _general_finding(
+            "chan-sip-nat", "nat", NAT, _NAT_MESSAGE, value, general, sections, findings, fixes
         )
-        fixes.append(fix)
     for peer, own in _peer_values(sections, "nat"):
         if not _nat_ok(own.text):
             fix = Fix(own.owner.path, own.owner, "nat", NAT, own.source.option)
@@ -114,26 +103,52 @@ def _nat(sections: Sections, general: Section) -> Outcome:
     return Outcome(tuple(findings), tuple(fixes))
 
 
+def _general_finding(
+    code: str,
+    key: str,
+    wanted: str,
+    message: str,
+    value: Value | None,
+    general: Section,
+    sections: Sections,
+    findings: list[Finding],
+    fixes: list[Fix],
+) -> None:
+    """A [general] `key` that is missing or wrong: the finding where it is (or the section
+    header), and the fix that sets it to `wanted`."""
+    where = value.source.option if value else None
+    fix = Fix(general.path, general, key, wanted, where)
+    findings.append(
+        Finding(
+            "warning",
+            code,
+            where.path if where else general.path,
+            where.line if where else general.line,
+            "chan_sip [general]",
+            message + (f" ({key} = {value.text})" if value else f" ({key} not set)"),
+            describe(sections.tree, fix),
+        )
+    )
+    fixes.append(fix)
+
+
 def _qualify(sections: Sections, general: Section) -> Outcome:
     findings: list[Finding] = []
     fixes: list[Fix] = []
     value = sections.value(general, "qualify")
     frequency = sections.value(general, "qualifyfreq")
     if value is None or not _qualifies(value.text):
-        fix = Fix(general.path, general, "qualify", "yes", value.source.option if value else None)
-        where = value.source.option if value else None
-        findings.append(
-            Finding(
-                "warning",
-                "chan-sip-qualify",
-                where.path if where else general.path,
-                where.line if where else general.line,
-                "chan_sip [general]",
-                QUALIFY_MESSAGE + (f" (qualify = {value.text})" if value else " (qualify not set)"),
-                describe(sections.tree, fix),
-            )
+        _general_finding(
+            "chan-sip-qualify",
+            "qualify",
+            "yes",
+            QUALIFY_MESSAGE,
+            value,
+            general,
+            sections,
+            findings,
+            fixes,
         )
-        fixes.append(fix)
     if frequency is not None and _seconds(frequency.text) > QUALIFY_MAX:
         fix = Fix(general.path, general, "qualifyfreq", str(QUALIFY_MAX), frequency.source.option)
         findings.append(

@@ -49,10 +49,15 @@ def runs(pbx: RealAsterisk) -> str:
     return pbx.transport(TRANSPORT)["external_signaling_address"]
 
 
-def files_say_new_but_asterisk_runs_old(pbx: RealAsterisk) -> None:
-    pjsip = pbx.config_dir / "pjsip.conf"
-    pjsip.write_text(pjsip.read_text().replace(OLD_ADDRESS, NEW_ADDRESS))
-    assert runs(pbx) == OLD_ADDRESS
+def record_events(tmp_path: Path, config: Path, what: str) -> None:
+    """A hook that appends `what` (shell words) to tmp_path/events for each event."""
+    hooks = tmp_path / "hooks.d"
+    hooks.mkdir()
+    hook = hooks / "10-record"
+    hook.write_text(f'#!/bin/sh\necho {what} >> "{tmp_path / "events"}"\n')
+    hook.chmod(0o755)
+    with config.open("a") as file:
+        file.write(f'[hooks]\ndir = "{hooks}"\n')
 
 
 def assert_behind_then_put_right(tmp_path: Path, config: Path, pbx: RealAsterisk) -> None:
@@ -159,13 +164,7 @@ def test_looking_first_does_not_swallow_the_change_event(
     observer: tuple[str, ...], tmp_path: Path, pbx: RealAsterisk
 ) -> None:
     config = configure(tmp_path, pbx)
-    hooks = tmp_path / "hooks.d"
-    hooks.mkdir()
-    hook = hooks / "10-record"
-    hook.write_text(f'#!/bin/sh\necho "$1 $IPWATCH_NEW_ADDRESS" >> "{tmp_path / "events"}"\n')
-    hook.chmod(0o755)
-    with config.open("a") as file:
-        file.write(f'[hooks]\ndir = "{hooks}"\n')
+    record_events(tmp_path, config, '"$1 $IPWATCH_NEW_ADDRESS"')
     ipwatch(tmp_path, config, *observer)
     applied = ipwatch(tmp_path, config, "check", "--apply", "--json")
     assert applied.returncode == 0, applied.stderr
@@ -242,13 +241,7 @@ def test_apply_none_still_asks_asterisk(tmp_path: Path, pbx: RealAsterisk) -> No
 
 def test_a_refused_login_raises_no_applied_event(tmp_path: Path, pbx: RealAsterisk) -> None:
     config = configure(tmp_path, pbx)
-    hooks = tmp_path / "hooks.d"
-    hooks.mkdir()
-    hook = hooks / "10-record"
-    hook.write_text(f'#!/bin/sh\necho "$1" >> "{tmp_path / "events"}"\n')
-    hook.chmod(0o755)
-    with config.open("a") as file:
-        file.write(f'[hooks]\ndir = "{hooks}"\n')
+    record_events(tmp_path, config, '"$1"')
     (tmp_path / "ami.secret").write_text("not-the-secret\n")
     assert ipwatch(tmp_path, config, "check", "--apply").returncode == 3
     assert (tmp_path / "events").read_text().split() == ["change"]
