@@ -60,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         _check,
         "observe, confirm and compare with the targets once",
-        "Exit: 0 in sync (or applied and verified), 1 drift found and not applied, 2 no confirmed"
-        " address, 3 apply or verify failed (files rolled back) or the reload is pending.",
+        "In sync means the files say the confirmed address and Asterisk runs it. Exit: 0 in sync"
+        " (or applied and verified), 1 drift found and not applied (files, Asterisk or a host"
+        " name behind), 2 no confirmed address, 3 apply or verify failed (files rolled back),"
+        " the reload is pending, or Asterisk refused ipwatch or could not be asked.",
         json=True,
     )
     check.add_argument(
