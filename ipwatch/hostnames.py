@@ -53,6 +53,13 @@ def system_resolve(name: str, family: Family) -> frozenset[str]:
     return frozenset(str(info[4][0]) for info in found)
 
 
+def resolve_all(
+    names: Sequence[Wanted], resolve: Resolve = system_resolve
+) -> dict[str, frozenset[str]]:
+    """What each name resolves to now, by name."""
+    return {w.host.name: resolve(w.host.name, w.host.family) for w in names}
+
+
 def wanted(targets: Iterable[TargetPlan], addresses: Mapping[Family, str]) -> list[Wanted]:
     """Each host name of the targets, with the address it should resolve to."""
     found: dict[str, Wanted] = {}
@@ -93,7 +100,7 @@ def wait(
 ) -> dict[str, frozenset[str]]:
     """Resolve every name until each gives its address or `seconds` pass; the last answers."""
     end = clock() + seconds
-    resolved = {w.host.name: resolve(w.host.name, w.host.family) for w in names}
+    resolved = resolve_all(names, resolve)
     while True:
         late = [w for w in names if w.address not in resolved[w.host.name]]
         if not late or clock() >= end:

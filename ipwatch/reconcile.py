@@ -195,7 +195,7 @@ def converge(
         if result["asterisk"] is not None:
             _announce_outcome(announce, result["asterisk"], decisions)
     else:
-        resolved = _resolve(names)
+        resolved = hostnames.resolve_all(names)
         refreshed = []
     if asterisk is None:
         if config.asterisk.control == "none" or not the_plan.targets:
@@ -215,10 +215,6 @@ def _mtime(path: str) -> float:
         return 0.0
 
 
-def _resolve(names: Sequence[hostnames.Wanted]) -> dict[str, frozenset[str]]:
-    return {w.host.name: hostnames.system_resolve(w.host.name, w.host.family) for w in names}
-
-
 def _wait_for_names(
     names: Sequence[hostnames.Wanted],
     config: Config,
@@ -227,7 +223,7 @@ def _wait_for_names(
     waits: bool,
 ) -> dict[str, frozenset[str]]:
     if not names or not waits:
-        return _resolve(names)
+        return hostnames.resolve_all(names)
     show = _progress_saver(writer, progress, "dns")
     resolved = hostnames.wait(names, hostnames.system_resolve, config.dns_wait, show)
     pending = writer.current.get("pending") or []
